@@ -1,0 +1,229 @@
+"""Assemble the model to export: SAM2 from the ``sam2`` configs + adapters + weights.
+
+Everything here runs on a workstation (torch + sam2). The result is a
+``sam2.modeling.sam2_base.SAM2Base`` in eval mode on the CPU, ready for the
+sub-network wrappers in :mod:`export.subnets`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from export.adapters import (
+    ADAPTER_ATTR,
+    DEFAULT_STAGES,
+    adapter_state_dict,
+    insert_adapters,
+)
+from export.checkpoints import (
+    CheckpointError,
+    describe_shape_mismatch,
+    read_state_dict,
+    save_checkpoint,
+    shape_mismatches,
+)
+from export.models import FEWSHOT_OVERRIDES, ModelChoice
+from runtime.spec import check_image_size
+
+log = logging.getLogger(__name__)
+
+# Official checkpoints carry the object-score head; the few-shot overrides turn
+# it off, so these keys are expected to be unused (and are reported as such).
+_DISABLED_HEAD_PREFIXES = (
+    "sam_mask_decoder.obj_score_token.",
+    "sam_mask_decoder.pred_obj_score_head.",
+    "no_obj_ptr",
+)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Where the AdaptFormer adapters go and how wide they are."""
+
+    stages: Tuple[int, ...] = DEFAULT_STAGES
+    channel_factor: float = 0.3
+
+
+@dataclass
+class LoadReport:
+    """What loading the checkpoints did, for the manifest and the console."""
+
+    sam2_checkpoint: Optional[str] = None
+    adapter_checkpoint: Optional[str] = None
+    random_weights: bool = False
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    ignored_disabled_heads: List[str] = field(default_factory=list)
+
+
+def build_model(
+    choice: ModelChoice,
+    adapters: Optional[AdapterConfig],
+    fewshot: bool = True,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """Instantiate SAM2 from its Hydra config (weights: seeded random init)."""
+    check_image_size(choice.image_size)
+    from sam2.build_sam import build_sam2
+
+    overrides = choice.size_overrides() + (list(FEWSHOT_OVERRIDES) if fewshot else [])
+    torch.manual_seed(seed)
+    model = build_sam2(
+        choice.config_name,
+        ckpt_path=None,
+        device="cpu",
+        mode="eval",
+        hydra_overrides_extra=overrides,
+        apply_postprocessing=False,
+    )
+    if adapters is not None:
+        insert_adapters(model.image_encoder.trunk, adapters.stages, adapters.channel_factor)
+    return model.eval()
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    """Give near-zero parameters (zero embeddings, 1e-6 layer scales) random values.
+
+    The default init leaves e.g. ``no_mem_embed`` at zero and ConvNeXt layer
+    scales at 1e-6, which would hide errors in the paths they gate.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for _, p in sorted(model.named_parameters()):
+        if p.numel() and p.abs().max() < 1e-4:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def load_weights(
+    model: torch.nn.Module,
+    sam2_checkpoint: Optional[str | Path],
+    adapter_checkpoint: Optional[str | Path],
+    model_name: str,
+    allow_mismatch: bool = False,
+) -> LoadReport:
+    """Load an official SAM2 checkpoint and an adapter checkpoint into ``model``.
+
+    Missing or unexpected keys are listed by name and are an error unless
+    ``allow_mismatch``; shape mismatches are always an error.
+    """
+    report = LoadReport(
+        sam2_checkpoint=str(sam2_checkpoint) if sam2_checkpoint else None,
+        adapter_checkpoint=str(adapter_checkpoint) if adapter_checkpoint else None,
+    )
+    model_sd = model.state_dict()
+    adapter_keys = {k for k in model_sd if f".{ADAPTER_ATTR}." in k}
+    provided: Dict[str, torch.Tensor] = {}
+    for path, what in ((sam2_checkpoint, "SAM2"), (adapter_checkpoint, "adapter")):
+        if path is None:
+            continue
+        sd = read_state_dict(path, what)
+        if what == "adapter" and not adapter_keys:
+            raise CheckpointError(
+                "an adapter checkpoint was given but the model has no adapters "
+                "(--no-adapters); drop one of the two"
+            )
+        bad = shape_mismatches(model_sd, sd)
+        if bad:
+            raise CheckpointError(describe_shape_mismatch(bad, sd, model_name, str(path)))
+        for k, v in sd.items():
+            if k in model_sd:
+                provided[k] = v
+            elif k.startswith(_DISABLED_HEAD_PREFIXES):
+                report.ignored_disabled_heads.append(k)
+            else:
+                report.unexpected.append(f"{what}: {k}")
+    expected = set(model_sd)
+    if sam2_checkpoint is None:
+        expected -= expected - adapter_keys
+    if adapter_checkpoint is None:
+        expected -= adapter_keys
+    report.missing = sorted(expected - set(provided))
+    if (report.missing or report.unexpected) and not allow_mismatch:
+        raise CheckpointError(_mismatch_message(report))
+    if report.missing or report.unexpected:
+        log.warning(_mismatch_message(report))
+    model.load_state_dict(provided, strict=False)
+    return report
+
+
+def _mismatch_message(report: LoadReport) -> str:
+    def listing(keys):
+        return "\n".join(f"    {k}" for k in keys[:10]) + (
+            f"\n    ... and {len(keys) - 10} more" if len(keys) > 10 else ""
+        )
+
+    parts = ["checkpoint keys do not match the model:"]
+    if report.missing:
+        parts.append(f"  missing from the checkpoints ({len(report.missing)}):\n" + listing(report.missing))
+    if report.unexpected:
+        parts.append(f"  not used by the model ({len(report.unexpected)}):\n" + listing(report.unexpected))
+    parts.append(
+        "  check --model/--sam2-version/--adapter-stages/--channel-factor, or pass "
+        "--allow-key-mismatch to load anyway"
+    )
+    return "\n".join(parts)
+
+
+def assemble(
+    choice: ModelChoice,
+    adapters: Optional[AdapterConfig] = AdapterConfig(),
+    sam2_checkpoint: Optional[str | Path] = None,
+    adapter_checkpoint: Optional[str | Path] = None,
+    random_weights: bool = False,
+    seed: int = 0,
+    allow_mismatch: bool = False,
+    fewshot: bool = True,
+) -> Tuple[torch.nn.Module, LoadReport]:
+    """Build the model and fill its weights: from checkpoints, or seeded random."""
+    if random_weights and (sam2_checkpoint or adapter_checkpoint):
+        raise ValueError("--random-weights and checkpoint paths exclude each other; pass one")
+    if not random_weights and sam2_checkpoint is None:
+        raise ValueError(
+            f"no SAM2 checkpoint: pass --sam2-checkpoint {choice.checkpoint_name} "
+            "(official file), or --random-weights to try the tool without one"
+        )
+    if not random_weights and adapters is not None and adapter_checkpoint is None:
+        raise ValueError(
+            "no adapter checkpoint: pass --adapter-checkpoint PATH, or --no-adapters "
+            "to export plain SAM2"
+        )
+    model = build_model(choice, adapters, fewshot=fewshot, seed=seed)
+    if random_weights:
+        randomize_(model, seed)
+        return model, LoadReport(random_weights=True)
+    return model, load_weights(model, sam2_checkpoint, adapter_checkpoint, choice.name, allow_mismatch)
+
+
+def write_random_checkpoints(
+    choice: ModelChoice,
+    out_dir: str | Path,
+    adapters: Optional[AdapterConfig] = AdapterConfig(),
+    seed: int = 0,
+) -> Tuple[Path, Optional[Path]]:
+    """Write seeded random weights in the official formats; returns the two paths.
+
+    The SAM2 file is made from the *stock* config (object-score head included,
+    as Meta's files are); the adapter file holds adapter weights only, with the
+    ``module.`` prefix DDP training leaves, so tests exercise the real loader.
+    """
+    out_dir = Path(out_dir)
+    stock = build_model(choice, adapters, fewshot=False, seed=seed)
+    randomize_(stock, seed)
+    full = stock.state_dict()
+    ad = adapter_state_dict(stock)
+    sam2_path = save_checkpoint(
+        out_dir / choice.checkpoint_name, {k: v for k, v in full.items() if k not in ad}
+    )
+    adapter_path = None
+    if adapters is not None:
+        adapter_path = save_checkpoint(out_dir / f"adapters_{choice.name}.pt", ad, prefix="module.")
+    return sam2_path, adapter_path
+
+
+def sequence_arg(values: Sequence[int]) -> Tuple[int, ...]:
+    return tuple(int(v) for v in values)

@@ -1,0 +1,274 @@
+"""``python -m export.build``: SAM2 (+ few-shot adapters) -> four verified ONNX files
+-> TensorRT engines where TensorRT and a GPU are present -> ``manifest.json``.
+
+Every file is written atomically; the manifest is written last, so a folder
+whose manifest says ``"status": "complete"`` is complete. Re-running with the
+same inputs reuses the stages whose files still match the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from export.models import MODEL_NAMES, SAM2_VERSIONS, ModelChoice
+from runtime.fileio import atomic_path, sha256_file, write_json_atomic
+from runtime.manifest import CONSTANTS_NAME, FORMAT_VERSION, MANIFEST_NAME
+from runtime.spec import DEFAULT_AXIS_RANGES, STAGES, check_image_size, stage_specs
+
+EXPORT_CODE_VERSION = 1  # bump when the exported graphs change meaning
+PRECISIONS = ("fp32", "fp16", "int8")
+# fp32 parity gate for every stage (relative L2 to PyTorch).
+FP32_PARITY_GATE = 1e-5
+
+
+def parity_cases(stage: str, ranges: Dict[str, tuple]) -> List[Dict[str, int]]:
+    """Axis settings each stage is verified at: min and max of each dynamic axis."""
+    if stage == "image_encoder":
+        return [{"batch": 1}]
+    if stage == "memory_encoder":
+        return [{"batch": 1}]
+    if stage == "memory_attention":
+        lo_m, lo_p = ranges["num_mem"][0], ranges["num_ptr"][0]
+        hi_m, hi_p = ranges["num_mem"][2], ranges["num_ptr"][2]
+        return [{"num_mem": lo_m, "num_ptr": lo_p}, {"num_mem": hi_m, "num_ptr": hi_p}]
+    return [{"batch": 1, "num_points": 1}, {"batch": 1, "num_points": 3}]
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m export.build",
+        description=(
+            "Split SAM2 (+ SANSA few-shot adapters) into image encoder, memory encoder, "
+            "memory attention and prompt encoder + mask decoder; export each to ONNX "
+            "(opset 17), verify it against PyTorch in ONNX Runtime, build TensorRT "
+            "engines when TensorRT and a GPU are present, and record everything in "
+            "OUT/manifest.json."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                   help="engine precision (fp16 keeps normalisation layers in fp32; int8 "
+                        "quantizes with calibration and an accuracy gate)")
+    p.add_argument("--model", default="tiny", help=f"SAM2 size: {', '.join(MODEL_NAMES)}")
+    p.add_argument("--sam2-version", default="2.1", help=f"SAM2 config family: {', '.join(SAM2_VERSIONS)}")
+    p.add_argument("--sam2-checkpoint", type=Path, help="official SAM2 checkpoint (.pt)")
+    ad = p.add_mutually_exclusive_group()
+    ad.add_argument("--adapter-checkpoint", type=Path, help="few-shot adapter checkpoint (.pt)")
+    ad.add_argument("--no-adapters", action="store_true", help="export SAM2 without adapters")
+    p.add_argument("--adapter-stages", default="2,3",
+                   help="0-based Hiera stages that carry adapters, comma separated")
+    p.add_argument("--channel-factor", type=float, default=0.3,
+                   help="adapter bottleneck = int(block input dim * factor): 0.3 strict "
+                        "few-shot checkpoints, 0.8 generalist ones")
+    p.add_argument("--stock-sam2", action="store_true",
+                   help="keep the config's object-score head (plain SAM2 use) instead of "
+                        "the few-shot overrides")
+    p.add_argument("--image-size", type=int, default=1024,
+                   help="square model input size (multiple of 32)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights instead of checkpoints: try the tool without a "
+                        "download (outputs are meaningless)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    p.add_argument("--allow-key-mismatch", action="store_true",
+                   help="load checkpoints even when keys are missing or unexpected")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_AXIS_RANGES["batch"][2],
+                   help="largest batch of the image encoder / decoder engines")
+    p.add_argument("--no-fp32-norm", action="store_true",
+                   help="let TensorRT run normalisation layers in fp16 (not recommended)")
+    p.add_argument("--calib", type=Path,
+                   help="int8: folder of calibration episodes (see calib/); default: generated")
+    p.add_argument("--int8-stages", default="image_encoder",
+                   help="int8: stages to quantize; the others stay fp16/fp32")
+    p.add_argument("--skip-tensorrt", action="store_true", help="export and verify ONNX only")
+    p.add_argument("--force", action="store_true", help="rebuild every stage even if up to date")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default engines/<model>-<version>-<size>-<precision>)")
+    args = p.parse_args(argv)
+    return args
+
+
+def _fail(msg: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _fingerprint(args, choice, ckpt_hashes, ranges) -> str:
+    desc = {
+        "code": EXPORT_CODE_VERSION,
+        "model": choice.name, "version": choice.sam2_version, "size": choice.image_size,
+        "adapters": None if args.no_adapters else [args.adapter_stages, args.channel_factor],
+        "stock": args.stock_sam2, "ckpt": ckpt_hashes,
+        "random": [args.random_weights, args.seed if args.random_weights else None],
+        "ranges": ranges,
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _previous_manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / MANIFEST_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _versions() -> Dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    from importlib.metadata import version
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sam2": version("sam2"),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    # --- validate everything before anything is written -------------------------
+    try:
+        choice = ModelChoice(args.model, args.sam2_version, args.image_size)
+        check_image_size(args.image_size)
+        stages_list = tuple(int(s) for s in args.adapter_stages.split(","))
+    except ValueError as e:
+        _fail(str(e))
+    if args.max_batch < 1:
+        _fail("--max-batch must be >= 1")
+    from export.assembly import AdapterConfig, assemble
+    from export.checkpoints import CheckpointError
+
+    adapters = None if args.no_adapters else AdapterConfig(stages_list, args.channel_factor)
+    out = args.out or Path("engines") / f"{choice.name}-{choice.sam2_version}-{choice.image_size}-{args.precision}"
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r} exists and is not a folder")
+
+    if args.random_weights:
+        _log("!" * 72 + "\n!! --random-weights: the model has RANDOM weights; the engines run and are "
+             "verified,\n!! but their masks mean nothing. Pass --sam2-checkpoint/--adapter-checkpoint "
+             "for real use.\n" + "!" * 72)
+    _log(f"[model] SAM2 {choice.sam2_version} {choice.name} at {choice.image_size}px"
+         + ("" if adapters is None else f", adapters in stages {list(adapters.stages)} "
+            f"(channel factor {adapters.channel_factor})"))
+    t0 = time.time()
+    try:
+        model, report = assemble(
+            choice, adapters, args.sam2_checkpoint,
+            None if args.no_adapters else args.adapter_checkpoint,
+            random_weights=args.random_weights, seed=args.seed,
+            allow_mismatch=args.allow_key_mismatch, fewshot=not args.stock_sam2,
+        )
+    except (CheckpointError, ValueError) as e:
+        _fail(str(e))
+    if report.ignored_disabled_heads:
+        _log(f"[model] {len(report.ignored_disabled_heads)} checkpoint tensors of the object-score "
+             "head are unused (the few-shot config turns it off)")
+    _log(f"[model] assembled in {time.time() - t0:.1f}s")
+
+    from export.adapters import fold_adapter_scale
+    from export.onnx_export import check_parity, export_onnx
+    from export.subnets import build_subnets, model_config, model_constants
+
+    fold_adapter_scale(model)
+    ranges = dict(DEFAULT_AXIS_RANGES)
+    ranges["batch"] = (1, 1, args.max_batch)
+    ranges["num_mem"] = (1, model.num_maskmem, model.num_maskmem)
+    ranges["num_ptr"] = (1, model.max_obj_ptrs_in_encoder, model.max_obj_ptrs_in_encoder)
+    specs = stage_specs(choice.image_size, ranges)
+    ckpt_hashes = {
+        k: sha256_file(p) for k, p in
+        (("sam2", args.sam2_checkpoint), ("adapter", args.adapter_checkpoint)) if p
+    }
+    fingerprint = _fingerprint(args, choice, ckpt_hashes, ranges)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_manifest(out)
+    same_inputs = previous.get("fingerprint") == fingerprint and not args.force
+
+    nets = build_subnets(model)
+    stage_records: Dict[str, dict] = {}
+    for i, name in enumerate(STAGES, 1):
+        path = out / f"{name}.onnx"
+        prev = previous.get("stages", {}).get(name, {}) if same_inputs else {}
+        prev_onnx = prev.get("onnx") or {}
+        if prev_onnx and path.is_file() and sha256_file(path) == prev_onnx.get("sha256"):
+            _log(f"[{i}/4] {name}: up to date, reusing {path.name}")
+            stage_records[name] = {"onnx": prev_onnx, "parity": prev["parity"]}
+            continue
+        t = time.time()
+        _log(f"[{i}/4] {name}: exporting ONNX (opset 17) ...")
+        export_onnx(nets[name], specs[name], path)
+        _log(f"[{i}/4] {name}: exported in {time.time() - t:.1f}s; verifying in ONNX Runtime ...")
+        parity = check_parity(nets[name], specs[name], path, parity_cases(name, ranges))
+        ok = parity["rel_l2"] <= FP32_PARITY_GATE
+        _log(f"[{i}/4] {name}: rel L2 {parity['rel_l2']:.2e}, max abs {parity['max_abs']:.2e} "
+             f"(gate {FP32_PARITY_GATE:.0e}) {'ok' if ok else 'FAILED'}")
+        stage_records[name] = {
+            "onnx": {"file": path.name, "sha256": sha256_file(path), "precision": "fp32"},
+            "parity": {"rel_l2": parity["rel_l2"], "max_abs": parity["max_abs"],
+                       "gate": FP32_PARITY_GATE, "passed": ok,
+                       "cases": [{"axes": c["axes"], **{o: v for o, v in c["outputs"].items()}}
+                                 for c in parity["cases"]]},
+        }
+
+    constants = model_constants(model)
+    with atomic_path(out / CONSTANTS_NAME) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **constants)
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "status": "complete",
+        "fingerprint": fingerprint,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "precision": args.precision,
+        "model": {
+            "kind": "sam2" if args.stock_sam2 else "sam2-fewshot",
+            "name": choice.name, "sam2_version": choice.sam2_version,
+            "config": choice.config_name, "image_size": choice.image_size,
+            "adapters": None if adapters is None else {
+                "stages": list(adapters.stages), "channel_factor": adapters.channel_factor,
+                "folded_into": "image_encoder"},
+            "random_weights": args.random_weights,
+            "seed": args.seed if args.random_weights else None,
+        },
+        "checkpoints": {
+            k: {"path": str(p), "sha256": ckpt_hashes[k]}
+            for k, p in (("sam2", args.sam2_checkpoint), ("adapter", args.adapter_checkpoint)) if p
+        },
+        "unused_checkpoint_keys": report.ignored_disabled_heads,
+        "versions": _versions(),
+        "axis_ranges": {k: list(v) for k, v in ranges.items()},
+        "model_config": model_config(model),
+        "constants": {"file": CONSTANTS_NAME, "sha256": sha256_file(out / CONSTANTS_NAME)},
+        "stages": stage_records,
+    }
+    failed = [n for n, r in stage_records.items() if not r["parity"]["passed"]]
+    if failed:
+        manifest["status"] = "failed"
+        manifest["status_reason"] = f"fp32 parity above {FP32_PARITY_GATE} for {failed}"
+
+    from export.engines import build_engines
+
+    manifest["tensorrt"] = build_engines(out, specs, stage_records, args, previous if same_inputs else {}, _log)
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    _log(f"[done] {out}/{MANIFEST_NAME} ({manifest['status']}) in {time.time() - t0:.1f}s")
+    return 0 if manifest["status"] == "complete" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

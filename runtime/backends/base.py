@@ -1,0 +1,91 @@
+"""The small interface every inference backend implements.
+
+A *stage runner* executes one exported sub-network (one ONNX file or one
+TensorRT engine). It follows Polygraphy's runner lifecycle: ``activate()``
+acquires sessions/contexts/buffers, ``deactivate()`` releases them, and the
+runner is a context manager. Tensors are always keyed by name (see
+:mod:`runtime.spec`).
+
+Values passed to :meth:`StageRunner.infer` may be NumPy arrays or tensors that
+the same backend returned earlier (device tensors for GPU backends), so that
+stages chain without host round trips. :meth:`to_host` turns any value into a
+NumPy array; :meth:`upload` makes a persistent backend-native copy of a host
+array (identity for host backends), used for cached reference memories.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from runtime.spec import StageSpec
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend's Python package, driver or device is missing on this machine."""
+
+
+class StageRunner(abc.ABC):
+    """Runs one sub-network; inputs and outputs keyed by tensor name."""
+
+    backend_name: str = "abstract"
+
+    def __init__(self, spec: StageSpec):
+        self.spec = spec
+        self.is_active = False
+        self.calls = 0  # number of infer() calls, for tests and profiling
+
+    # lifecycle -------------------------------------------------------------
+    def activate(self) -> "StageRunner":
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> "StageRunner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # inference -------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, Any]) -> Dict[str, Any]:
+        """Run the stage. ``feeds`` must hold exactly the spec's input names."""
+        if not self.is_active:
+            raise RuntimeError(
+                f"{self.backend_name} runner for {self.spec.name!r} is not active; "
+                "call activate() or use it as a context manager"
+            )
+        missing = [n for n in self.spec.input_names if n not in feeds]
+        extra = [n for n in feeds if n not in self.spec.input_names]
+        if missing or extra:
+            raise KeyError(
+                f"stage {self.spec.name!r}: missing inputs {missing}, unexpected inputs "
+                f"{extra}; expected exactly {list(self.spec.input_names)}"
+            )
+        self.calls += 1
+        return self._infer(feeds)
+
+    def to_host(self, value: Any) -> np.ndarray:
+        """A NumPy copy (or view) of a value this runner accepts or returns."""
+        return np.asarray(value)
+
+    def upload(self, array: np.ndarray) -> Any:
+        """A persistent backend-native copy of ``array`` (identity on the host)."""
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, feeds: Mapping[str, Any]) -> Dict[str, Any]: ...

@@ -1,0 +1,72 @@
+"""Bilinear resizing in NumPy that matches ``torch.nn.functional.interpolate``.
+
+``F.interpolate(mode="bilinear", align_corners=False)`` with and without
+``antialias=True`` is the reference of the inference contract; OpenCV's
+INTER_LINEAR / INTER_AREA are different filters. Both torch modes are a
+separable triangle filter: for output index ``i`` the source centre is
+``scale * (i + 0.5)`` with ``scale = in / out``; the triangle has support 1
+(plain bilinear, and antialiased *up*-sampling) or ``scale`` (antialiased
+down-sampling, widened by the scale as in PIL), and weights are normalised over
+the taps that fall inside the image. Weights are precomputed per
+``(in, out, antialias)`` and cached, so resizing a video frame costs a few
+vectorised multiply-adds per output pixel.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Tuple
+
+import numpy as np
+
+
+@lru_cache(maxsize=64)
+def _taps(in_size: int, out_size: int, antialias: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """``(index [out, K] int, weight [out, K] float32)`` of the 1-D filter.
+
+    Computed in float32 with torch's formulas so the weights round as torch's do.
+    """
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    i = np.arange(out_size, dtype=f32)
+    if not antialias:  # torch's classic bilinear: two taps, clamped source index
+        src = np.maximum(scale * (i + f32(0.5)) - f32(0.5), f32(0)).astype(f32)
+        i0 = src.astype(np.int64)
+        i1 = np.minimum(i0 + 1, in_size - 1)
+        l1 = (src - i0.astype(f32)).astype(f32)
+        return np.stack([i0, i1], 1), np.stack([f32(1) - l1, l1], 1).astype(f32)
+    support, inv = (scale, f32(1) / scale) if scale > 1 else (f32(1), f32(1))
+    centers = (scale * (i + f32(0.5))).astype(f32)
+    lo = np.maximum((centers - support + f32(0.5)).astype(np.int64), 0)
+    hi = np.minimum((centers + support + f32(0.5)).astype(np.int64), in_size)
+    k = int((hi - lo).max())
+    idx = lo[:, None] + np.arange(k)[None, :]
+    w = f32(1) - np.abs((idx.astype(f32) - centers[:, None] + f32(0.5)) * inv)
+    w = np.where((idx < hi[:, None]) & (w > 0), w, f32(0)).astype(f32)
+    w = w / w.sum(axis=1, keepdims=True, dtype=f32)
+    return np.minimum(idx, in_size - 1), w.astype(f32)
+
+
+def _resize_axis(x: np.ndarray, out_size: int, axis: int, antialias: bool) -> np.ndarray:
+    in_size = x.shape[axis]
+    if in_size == out_size:
+        return x
+    idx, w = _taps(in_size, out_size, antialias)
+    x = np.moveaxis(x, axis, 0)
+    out = np.zeros((out_size,) + x.shape[1:], dtype=np.float32)
+    wshape = (out_size,) + (1,) * (x.ndim - 1)
+    for j in range(idx.shape[1]):
+        out += w[:, j].reshape(wshape) * x[idx[:, j]]
+    return np.moveaxis(out, 0, axis)
+
+
+def resize_bilinear(x: np.ndarray, size: Tuple[int, int], antialias: bool = False,
+                    axes: Tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Resize ``x`` (float) over ``axes`` (height, width) to ``size = (H, W)``.
+
+    Width first, then height, as torch's separable antialiased kernel does.
+    Returns float32.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    x = _resize_axis(x, size[1], axes[1], antialias)
+    return _resize_axis(x, size[0], axes[0], antialias)
