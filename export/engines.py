@@ -37,16 +37,21 @@ def build_engines(out: Path, specs: Dict[str, StageSpec], stage_records: Dict[st
     for name, spec in specs.items():
         onnx_rec = stage_records[name].get("onnx_int8") or stage_records[name]["onnx"]
         onnx_path = out / onnx_rec["file"]
-        engine_path = out / f"{name}.{args.precision}.engine"
+        # int8 builds quantize only the stages calibration produced Q/DQ graphs
+        # for; the others (the memory path by default) stay fp16.
+        precision = args.precision
+        if precision == "int8" and "onnx_int8" not in stage_records[name]:
+            precision = "fp16"
+        engine_path = out / f"{name}.{precision}.engine"
         prev = previous.get("stages", {}).get(name, {}).get("engine")
         if (prev and engine_path.is_file() and prev.get("sha256") == sha256_file(engine_path)
                 and prev.get("onnx_sha256") == onnx_rec["sha256"]):
             log(f"[tensorrt] {name}: up to date, reusing {engine_path.name}")
             stage_records[name]["engine"] = prev
             continue
-        log(f"[tensorrt] {name}: building {args.precision} engine (can take minutes) ...")
+        log(f"[tensorrt] {name}: building {precision} engine (can take minutes) ...")
         record = build_engine(
-            onnx_path, engine_path, spec, args.precision,
+            onnx_path, engine_path, spec, precision,
             keep_norm_fp32=not args.no_fp32_norm, timing_cache=timing_cache, log=log,
         )
         record.update(file=engine_path.name, sha256=sha256_file(engine_path),

@@ -50,19 +50,27 @@ def open_runners(engine_dir: str | Path, manifest: dict, backend: str = "auto",
                 path = stage_file(engine_dir, manifest, s, "onnx")
                 runners[s] = OnnxRuntimeStageRunner(specs[s], path, threads, providers).activate()
         else:
-            from runtime.backends.cuda import Stream
             from runtime.backends.tensorrt import TensorRTStageRunner
 
-            stream = Stream()
+            # The first runner creates (and at deactivate frees) the CUDA stream
+            # the others share, so the whole chain runs on one stream; close
+            # runners in reverse order (see close_runners).
+            stream = None
             for s in STAGES:
                 path = stage_file(engine_dir, manifest, s, "engine")
                 runners[s] = TensorRTStageRunner(
                     specs[s], path, manifest["stages"][s]["engine"], stream=stream).activate()
+                stream = runners[s].stream
     except Exception:
-        for r in runners.values():
-            r.deactivate()
+        close_runners(runners)
         raise
     return runners
 
 
-__all__ = ["BACKENDS", "BackendUnavailable", "StageRunner", "open_runners", "resolve_backend"]
+def close_runners(runners: Dict[str, StageRunner]) -> None:
+    """Deactivate runners in reverse order of creation (the stream owner last)."""
+    for r in reversed(list(runners.values())):
+        r.deactivate()
+
+
+__all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "StageRunner", "open_runners", "resolve_backend"]
