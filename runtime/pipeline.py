@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from runtime.backends import open_runners
+from runtime.backends import close_runners, open_runners
 from runtime.backends.base import StageRunner
 from runtime.manifest import CONSTANTS_NAME, load_manifest
 from runtime.memory import pointer_pos_enc, select_memories, select_pointers
@@ -83,9 +83,8 @@ class FewShotSegmenter:
         return cls(runners, manifest, constants, threshold)
 
     def close(self) -> None:
-        for r in self.runners.values():
-            r.deactivate()
         self._feeds.clear()
+        close_runners(self.runners)
 
     def __enter__(self) -> "FewShotSegmenter":
         return self
@@ -119,10 +118,9 @@ class FewShotSegmenter:
             self._feeds.pop(concept, None)
 
     # -------------------------------------------------------------- internals
-    def _encode_image(self, image: np.ndarray, what: str):
-        rgb = image_to_float_rgb(image, what)
+    def _encode_image(self, rgb: np.ndarray):
         x = image_to_model_input(rgb, self.size)
-        return rgb.shape[:2], self.runners["image_encoder"].infer({"image": x})
+        return self.runners["image_encoder"].infer({"image": x})
 
     def _decode(self, image_embed, enc: Mapping[str, Any], coords: np.ndarray,
                 labels: np.ndarray, mask_input: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
@@ -223,16 +221,13 @@ class FewShotSegmenter:
             raise InputError("give a mask or points/box for a reference, not both")
         if labels is not None and points is None:
             raise InputError("labels given without points")
+        rgb = image_to_float_rgb(image, "reference image")
         if mask is not None:
-            hw = image.shape[:2] if isinstance(image, np.ndarray) else None
-            m = check_mask(mask, hw)
-            hw, enc = self._encode_image(image, "reference image")
-            ref = self._mask_reference(enc, m)
+            m = check_mask(mask, rgb.shape[:2])
+            ref = self._mask_reference(self._encode_image(rgb), m)
         else:
-            hw_img = image.shape[:2] if isinstance(image, np.ndarray) and image.ndim >= 2 else (0, 0)
-            coords, labs = self._prompt(points, labels, box, hw_img)
-            hw, enc = self._encode_image(image, "reference image")
-            ref = self._point_reference(enc, coords, labs)
+            coords, labs = self._prompt(points, labels, box, rgb.shape[:2])
+            ref = self._point_reference(self._encode_image(rgb), coords, labs)
         self._refs.setdefault(concept, []).append(ref)
         self._feeds.pop(concept, None)
 

@@ -1,0 +1,98 @@
+"""`python -m export.build`: outputs, reuse, and one clear error per bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from export.build import main
+from export.models import ModelChoice
+from export.assembly import write_random_checkpoints
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
+BASE = ["--precision", "fp32", "--model", "tiny", "--image-size", "256", "--skip-tensorrt"]
+
+
+def test_output_folder_and_manifest(tiny_engines):
+    names = sorted(os.listdir(tiny_engines))
+    assert names == sorted(["image_encoder.onnx", "memory_encoder.onnx", "memory_attention.onnx",
+                            "mask_decoder.onnx", "constants.npz", "manifest.json"])
+    m = json.loads((tiny_engines / "manifest.json").read_text())
+    assert m["model"]["name"] == "tiny" and m["model"]["image_size"] == 256
+    assert m["model"]["random_weights"] is True
+    assert m["tensorrt"]["built"] is False and m["tensorrt"]["reason"]
+    assert {"torch", "sam2", "onnx", "onnxruntime"} <= set(m["versions"])
+    for stage, rec in m["stages"].items():
+        assert len(rec["onnx"]["sha256"]) == 64
+
+
+def test_rerun_reuses_stages(tiny_engines, capsys):
+    before = {p: (tiny_engines / p).stat().st_mtime_ns for p in os.listdir(tiny_engines)
+              if p.endswith(".onnx")}
+    assert main(BASE + ["--random-weights", "--out", str(tiny_engines)]) == 0
+    assert capsys.readouterr().out.count("up to date") == 4
+    after = {p: (tiny_engines / p).stat().st_mtime_ns for p in before}
+    assert before == after
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run(BASE + ["--sam2-checkpoint", str(tmp_path / "nope.pt"), "--no-adapters",
+                            "--out", str(out)], capsys)
+    assert code == 2 and "does not exist" in err and not out.exists()
+
+
+def test_truncated_checkpoint(tmp_path, capsys):
+    sam2_path, _ = write_random_checkpoints(ModelChoice("tiny", "2.1", 256), tmp_path, adapters=None)
+    data = sam2_path.read_bytes()
+    sam2_path.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    code, err = run(BASE + ["--sam2-checkpoint", str(sam2_path), "--no-adapters", "--out", str(out)], capsys)
+    assert code == 2 and "truncated" in err and not out.exists()
+
+
+def test_checkpoint_of_another_model(tmp_path, capsys):
+    sam2_path, _ = write_random_checkpoints(ModelChoice("tiny", "2.1", 256), tmp_path, adapters=None)
+    out = tmp_path / "out"
+    code, err = run(["--precision", "fp32", "--model", "base_plus", "--image-size", "256",
+                     "--skip-tensorrt", "--sam2-checkpoint", str(sam2_path), "--no-adapters",
+                     "--out", str(out)], capsys)
+    assert code == 2 and "does not fit model 'base_plus'" in err and "tiny or small" in err
+    assert not out.exists()
+
+
+def test_unknown_model(tmp_path, capsys):
+    code, err = run(["--model", "huge", "--random-weights", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "unknown model 'huge'" in err and "tiny" in err
+
+
+def test_image_size_not_multiple_of_stride(tmp_path, capsys):
+    code, err = run(BASE[:-3] + ["--image-size", "250", "--random-weights", "--out",
+                                 str(tmp_path / "o")], capsys)
+    assert code == 2 and "multiple of 32" in err and not (tmp_path / "o").exists()
+
+
+def test_no_checkpoint_without_random_weights(tmp_path, capsys):
+    code, err = run(BASE + ["--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--random-weights" in err
+
+
+def test_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
+    import export.onnx_export as ox
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ox.onnx.checker, "check_model", boom)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        main(BASE + ["--random-weights", "--out", str(out)])
+    assert not any(p.suffix == ".onnx" or p.name.endswith(".part") for p in out.iterdir())
+    assert not (out / "manifest.json").exists()

@@ -1,0 +1,72 @@
+"""Every exported stage matches PyTorch in ONNX Runtime (fp32, relative L2 <= 1e-5)."""
+
+import json
+
+import pytest
+
+from export.build import FP32_PARITY_GATE
+from export.onnx_export import check_parity, export_onnx
+from export.subnets import build_subnets
+from runtime.spec import STAGES, stage_specs
+
+
+def test_manifest_records_parity_of_every_stage(tiny_engines):
+    manifest = json.loads((tiny_engines / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    for stage in STAGES:
+        parity = manifest["stages"][stage]["parity"]
+        assert parity["passed"] and parity["rel_l2"] <= FP32_PARITY_GATE, (stage, parity)
+        assert parity["max_abs"] < 1e-4
+    ma_cases = manifest["stages"]["memory_attention"]["parity"]["cases"]
+    assert [c["axes"]["num_mem"] for c in ma_cases] == [1, 7]  # two memory counts
+
+
+@pytest.mark.parametrize("num_mem", [1, 3, 7])
+def test_memory_attention_memory_counts(tiny_model, tmp_path, num_mem):
+    spec = stage_specs(256)["memory_attention"]
+    net = build_subnets(tiny_model)["memory_attention"]
+    path = export_onnx(net, spec, tmp_path / "ma.onnx")
+    # k references give min(k, 7) memories and min(k, 16) pointers.
+    r = check_parity(net, spec, path, [{"num_mem": num_mem, "num_ptr": num_mem}], seed=num_mem)
+    print(f"memory attention, {num_mem} memories: rel L2 {r['rel_l2']:.2e} max abs {r['max_abs']:.2e}")
+    assert r["rel_l2"] <= 1e-5
+
+
+def test_memory_attention_matches_sam2_module(tiny_model):
+    """The real-valued RoPE rewrite equals sam2's complex MemoryAttention."""
+    import torch
+
+    from export.subnets import vision_pos_enc
+
+    net = build_subnets(tiny_model)["memory_attention"]
+    g = torch.Generator().manual_seed(0)
+    e, nm, npt = 16, 3, 5
+    vf = torch.randn(1, 256, e, e, generator=g)
+    mf, mp = torch.randn(nm, 64, e, e, generator=g), torch.randn(nm, 64, e, e, generator=g)
+    ptr, ppos = torch.randn(npt, 256, generator=g), torch.randn(npt, 64, generator=g)
+    with torch.no_grad():
+        ours = net(vf, mf, mp, ptr, ppos)
+        pos = vision_pos_enc(tiny_model).flatten(2).permute(2, 0, 1)
+        mem = torch.cat([mf.flatten(2).permute(0, 2, 1).reshape(-1, 1, 64), ptr.reshape(-1, 1, 64)])
+        mpos = torch.cat([mp.flatten(2).permute(0, 2, 1).reshape(-1, 1, 64),
+                          ppos.repeat_interleave(4, 0)[:, None]])
+        ref = tiny_model.memory_attention(curr=[vf.flatten(2).permute(2, 0, 1)], curr_pos=[pos],
+                                          memory=mem, memory_pos=mpos, num_obj_ptr_tokens=4 * npt)
+    ref = ref.permute(1, 2, 0).reshape(1, 256, e, e)
+    assert ((ours - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.mark.fullsize
+def test_every_stage_at_1024(tmp_path):
+    from export.assembly import assemble
+    from export.build import parity_cases
+    from export.models import ModelChoice
+    from runtime.spec import DEFAULT_AXIS_RANGES
+
+    model, _ = assemble(ModelChoice("tiny", "2.1", 1024), random_weights=True)
+    nets, specs = build_subnets(model), stage_specs(1024)
+    for stage in STAGES:
+        path = export_onnx(nets[stage], specs[stage], tmp_path / f"{stage}.onnx")
+        r = check_parity(nets[stage], specs[stage], path, parity_cases(stage, DEFAULT_AXIS_RANGES))
+        print(f"1024 {stage}: rel L2 {r['rel_l2']:.2e}, max abs {r['max_abs']:.2e}")
+        assert r["rel_l2"] <= 1e-5, stage

@@ -1,0 +1,73 @@
+"""Host-side pieces against their torch / sam2 originals."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runtime.memory import select_memories, select_pointers, sine_pe_1d
+from runtime.preprocess import mask_downsample
+from runtime.resize import resize_bilinear
+
+
+@pytest.mark.parametrize("src,dst", [((480, 640), (256, 256)), ((1080, 1920), (1024, 1024)),
+                                     ((90, 70), (256, 256)), ((256, 256), (97, 181)),
+                                     ((256, 256), (720, 1280))])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_resize_matches_torch_interpolate(src, dst, antialias):
+    x = np.random.default_rng(0).random(src + (3,), dtype=np.float32)
+    ref = F.interpolate(torch.from_numpy(x).permute(2, 0, 1)[None], size=dst, mode="bilinear",
+                        align_corners=False, antialias=antialias)[0].permute(1, 2, 0).numpy()
+    assert np.abs(resize_bilinear(x, dst, antialias=antialias) - ref).max() < 2e-5
+
+
+def _sam2_selection(k, num_maskmem=7, max_ptrs=16):
+    """sam2's frame choice for target frame k, refs 0..k-1 with ref 0 the conditioning frame."""
+    mems = [(0, num_maskmem - 1)]
+    for t_pos in range(1, num_maskmem):
+        prev = k - (num_maskmem - t_pos)
+        if 1 <= prev < k:
+            mems.append((prev, num_maskmem - t_pos - 1))
+    ptrs = [(0, k)]
+    for t_diff in range(1, min(k + 1, max_ptrs)):
+        t = k - t_diff
+        if t < 0:
+            break
+        if t >= 1:
+            ptrs.append((t, t_diff))
+    return mems, ptrs
+
+
+@pytest.mark.parametrize("k", [1, 2, 6, 7, 8, 15, 16, 17, 30])
+def test_memory_and_pointer_selection(k):
+    mems, ptrs = _sam2_selection(k)
+    assert select_memories(k, 7) == mems
+    assert select_pointers(k, 16) == ptrs
+    assert len(select_pointers(k, 16)) == min(k, 16)
+
+
+def test_sine_pe_matches_sam2():
+    from sam2.modeling.sam2_utils import get_1d_sine_pe
+
+    pos = np.array([3, 1, 2, 0.5], np.float32) / 3
+    ref = get_1d_sine_pe(torch.from_numpy(pos), dim=256).numpy()
+    np.testing.assert_allclose(sine_pe_1d(pos, 256), ref, atol=1e-6)
+
+
+def test_mask_downsample_matches_conv():
+    conv = torch.nn.Conv2d(1, 1, 4, 4)
+    hard = (np.random.default_rng(1).random((64, 64)) > 0.5).astype(np.float32)
+    ref = conv(torch.from_numpy(hard)[None, None]).detach().numpy()
+    got = mask_downsample(hard, conv.weight.detach().numpy(), conv.bias.detach().numpy())
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_runtime_never_imports_torch():
+    code = ("import sys, runtime, runtime.segment, runtime.backends.onnxruntime, "
+            "runtime.backends.tensorrt, runtime.backends.cuda\n"
+            "bad = [m for m in ('torch', 'sam2', 'export', 'calib') if m in sys.modules]\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
