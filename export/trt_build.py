@@ -28,7 +28,6 @@ Target: TensorRT 8.6 .. 10.x. ``tensorrt`` is imported lazily; without it,
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -36,7 +35,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from runtime.backends import cuda
 from runtime.backends.base import BackendUnavailable
 from runtime.backends.tensorrt import load_tensorrt, major_version, trt_logger
-from runtime.fileio import atomic_path, sha256_file
+from runtime.fileio import sha256_file, write_bytes_atomic
 from runtime.spec import StageSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -306,16 +305,7 @@ def save_timing_cache(config: Any, path: Path) -> None:
     cache = config.get_timing_cache()
     if cache is None:
         return
-    _write_atomic(path, cache.serialize())
-
-
-def _write_atomic(path: Path, buffer: Any) -> None:
-    """Write a buffer-protocol object (``IHostMemory``) under ``path`` all-or-nothing."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(buffer)
-            f.flush()
-            os.fsync(f.fileno())
+    write_bytes_atomic(path, cache.serialize())
 
 
 def configure(trt: Any, builder: Any, network: Any, spec: StageSpec, precision: str, *,
@@ -409,7 +399,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec: StageSpec
             f"TensorRT could not build an engine for {spec.name!r} from {str(onnx_path)!r} "
             "(see TensorRT's log above)"
         )
-    _write_atomic(engine_path, serialized)
+    write_bytes_atomic(engine_path, serialized)
     if timing_cache is not None:
         save_timing_cache(config, timing_cache)
     log(f"{spec.name}: wrote {engine_path.name} in {seconds:.1f} s")

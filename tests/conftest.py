@@ -43,3 +43,33 @@ def tiny_model():
 
     model, _ = assemble(ModelChoice("tiny", "2.1", SMALL), random_weights=True, seed=0)
     return model
+
+
+def tiny_layernorm_onnx(path: Path) -> Path:
+    """x[B,3,8,8] -> Conv(3->4) -> LayerNorm over channels (opset 17) -> Softmax -> y."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+        numpy_helper.from_array((1 + 0.1 * rng.standard_normal(4)).astype(np.float32), "g"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(4)).astype(np.float32), "beta"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["t", "g", "beta"], ["n"], axis=-1, epsilon=1e-5),
+        helper.make_node("Softmax", ["n"], ["s"], axis=-1),
+        helper.make_node("Transpose", ["s"], ["y"], perm=[0, 3, 1, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import tiny_layernorm_onnx
+
 from export import trt_build
 from export.trt_build import (
     EngineBuildError,
@@ -481,33 +483,6 @@ def requires_tensorrt(fn):
     return pytest.mark.tensorrt(fn)
 
 
-def _tiny_onnx(path: Path) -> Path:
-    """x[B,3,8,8] -> Conv(3->4) -> LayerNorm over channels (opset 17) -> Softmax -> y."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
-        numpy_helper.from_array((1 + 0.1 * rng.standard_normal(4)).astype(np.float32), "g"),
-        numpy_helper.from_array((0.1 * rng.standard_normal(4)).astype(np.float32), "beta"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
-        helper.make_node("LayerNormalization", ["t", "g", "beta"], ["n"], axis=-1, epsilon=1e-5),
-        helper.make_node("Softmax", ["n"], ["s"], axis=-1),
-        helper.make_node("Transpose", ["s"], ["y"], perm=[0, 3, 1, 2]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
 
 
 TINY = StageSpec("tiny", inputs=(TensorSpec("x", ("batch", 3, 8, 8)),),
@@ -520,7 +495,7 @@ def test_real_build_and_run_matches_onnxruntime(tmp_path, precision, tol):
     ort = pytest.importorskip("onnxruntime")
     from runtime.backends.tensorrt import TensorRTStageRunner
 
-    onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
+    onnx_path = tiny_layernorm_onnx(tmp_path / "tiny.onnx")
     engine = tmp_path / f"tiny.{precision}.engine"
     cache = tmp_path / "timing.cache"
     rec = build_engine(onnx_path, engine, TINY, precision, timing_cache=cache, tf32=False,

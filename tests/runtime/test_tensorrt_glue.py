@@ -19,6 +19,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import tiny_layernorm_onnx
+
 from runtime.backends import cuda
 from runtime.backends import tensorrt as trt_backend
 from runtime.backends.base import BackendUnavailable
@@ -489,46 +491,13 @@ def requires_tensorrt(fn):
     return pytest.mark.tensorrt(fn)
 
 
-def _tiny_onnx(path):
-    """x[B,3,8,8] -> Conv(3->4) -> LayerNorm over channels (opset 17) -> y[B,4,8,8]."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
-        numpy_helper.from_array((1 + 0.1 * rng.standard_normal(4)).astype(np.float32), "g"),
-        numpy_helper.from_array((0.1 * rng.standard_normal(4)).astype(np.float32), "beta"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
-        helper.make_node("LayerNormalization", ["t", "g", "beta"], ["n"], axis=-1, epsilon=1e-5),
-        helper.make_node("Transpose", ["n"], ["y"], perm=[0, 3, 1, 2]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, str(path))
-    return path
-
-
-TINY = StageSpec("tiny", inputs=(TensorSpec("x", ("batch", 3, 8, 8)),),
-                 outputs=(TensorSpec("y", ("batch", 4, 8, 8)),), axis_ranges={"batch": (1, 2, 4)})
-
-
 @requires_tensorrt
 def test_real_engine_device_chaining(tmp_path):
     """Real build + run: a NumPy feed, a DeviceTensor feed and ORT agree."""
     ort = pytest.importorskip("onnxruntime")
     from export.trt_build import build_engine
 
-    onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
+    onnx_path = tiny_layernorm_onnx(tmp_path / "tiny.onnx")
     record = build_engine(onnx_path, tmp_path / "tiny.engine", TINY, "fp32", log=lambda s: None)
     x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
     ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
