@@ -87,7 +87,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--calib", type=Path,
                    help="int8: folder of calibration episodes (see calib/); default: generated")
     p.add_argument("--int8-stages", default="image_encoder",
-                   help="int8: stages to quantize; the others stay fp16/fp32")
+                   help="int8: comma-separated stages to quantize (or 'all'); the others "
+                        "stay fp16. The build is refused (status failed) when the accuracy "
+                        "gate fails, with the mixed setting that passes")
+    p.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"),
+                   default="entropy", help="int8: activation range calibration method")
     p.add_argument("--skip-tensorrt", action="store_true", help="export and verify ONNX only")
     p.add_argument("--force", action="store_true", help="rebuild every stage even if up to date")
     p.add_argument("--out", type=Path, default=None,
@@ -261,6 +265,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     if failed:
         manifest["status"] = "failed"
         manifest["status_reason"] = f"fp32 parity above {FP32_PARITY_GATE} for {failed}"
+
+    if args.precision == "int8" and not failed:
+        from calib import build_int8
+        from calib.episodes import CalibrationDataError
+
+        _log(f"[int8] calibrating {args.int8_stages} ({args.calib_method}) on "
+             f"{args.calib or 'generated episodes'} ...")
+        try:
+            calib = build_int8(out, stage_records, args.int8_stages, args.calib, _log,
+                               manifest=manifest, method=args.calib_method)
+        except (CalibrationDataError, ValueError) as e:
+            _fail(str(e))
+        manifest["calibration"] = calib
+        if not calib["passed"]:
+            manifest["status"] = "failed"
+            hint = calib["suggestion"]["text"] if calib.get("suggestion") else "keep every stage fp16"
+            manifest["status_reason"] = (
+                f"int8 accuracy gate failed for {calib['failed_stages']}: "
+                f"{'; '.join(calib['reasons'])}. Suggested: {hint}")
+            _log(f"[int8] GATE FAILED: {manifest['status_reason']}")
 
     from export.engines import build_engines
 

@@ -21,9 +21,10 @@ BASE = ["--precision", "fp32", "--model", "tiny", "--image-size", "256", "--skip
 
 
 def test_output_folder_and_manifest(tiny_engines):
-    names = sorted(os.listdir(tiny_engines))
-    assert names == sorted(["image_encoder.onnx", "memory_encoder.onnx", "memory_attention.onnx",
+    names = set(os.listdir(tiny_engines))
+    assert names >= set(["image_encoder.onnx", "memory_encoder.onnx", "memory_attention.onnx",
                             "mask_decoder.onnx", "constants.npz", "manifest.json"])
+    assert not any(n.endswith(".part") for n in names)
     m = json.loads((tiny_engines / "manifest.json").read_text())
     assert m["model"]["name"] == "tiny" and m["model"]["image_size"] == 256
     assert m["model"]["random_weights"] is True

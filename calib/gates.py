@@ -1,0 +1,91 @@
+"""Accuracy gates for reduced-precision stages, and the mixed setting to fall back to.
+
+Default gate (vs the FP32 ONNX pipeline, on the calibration episodes):
+
+- end to end: mean mask IoU >= 0.95 and worst mask IoU >= 0.90 over all targets;
+- per stage: cosine similarity >= 0.99 for every output of every reduced-precision
+  stage, on every recorded input (the minimum counts).
+
+Per-stage cosine catches a broken stage even when the masks of the episodes
+happen to survive; the IoU gate catches error that accumulates across
+stages (an INT8 encoder feeding an INT8 memory path). Relative L2 is reported
+but not gated (cosine is the scale-free version of the same check).
+
+When the gate fails, :func:`suggest_mixed` looks for the largest set of INT8
+stages that passes: first it drops the stages that fail their own cosine
+gate, then, while the end-to-end gate still fails, the remaining INT8 stage
+with the lowest cosine. The dropped stages are to stay at FP16 (or FP32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class Gates:
+    min_mean_iou: float = 0.95
+    min_worst_iou: float = 0.90
+    min_stage_cosine: float = 0.99
+
+    def as_dict(self) -> Dict[str, float]:
+        return asdict(self)
+
+
+DEFAULT_GATES = Gates()
+
+
+def check(result: dict, gates: Gates = DEFAULT_GATES) -> dict:
+    """``{"passed", "failed_stages", "reasons"}`` for one evaluated precision setting.
+
+    ``result`` is :func:`calib.report.evaluate`'s output. ``failed_stages``
+    names the reduced-precision stages below the cosine gate; when only the
+    end-to-end gate fails, it names the reduced stage with the lowest cosine.
+    """
+    reasons: List[str] = []
+    failed: List[str] = []
+    reduced = {s: r for s, r in result["stages"].items() if r["precision"] != "fp32"}
+    for s, r in reduced.items():
+        if r["cosine"] < gates.min_stage_cosine:
+            failed.append(s)
+            reasons.append(f"{s} ({r['precision']}): cosine {r['cosine']:.4f} < {gates.min_stage_cosine}")
+    e2e = result["e2e"]
+    e2e_ok = e2e["mean_iou"] >= gates.min_mean_iou and e2e["worst_iou"] >= gates.min_worst_iou
+    if not e2e_ok:
+        reasons.append(f"end to end: mean IoU {e2e['mean_iou']:.4f} (gate {gates.min_mean_iou}), "
+                       f"worst {e2e['worst_iou']:.4f} (gate {gates.min_worst_iou})")
+        if not failed and reduced:
+            failed.append(min(reduced, key=lambda s: reduced[s]["cosine"]))
+    return {"passed": not reasons, "failed_stages": failed, "reasons": reasons}
+
+
+def suggest_mixed(int8_stages: Sequence[str], first: dict,
+                  evaluate: Callable[[List[str]], dict], gates: Gates = DEFAULT_GATES,
+                  log: Callable[[str], None] = print) -> dict:
+    """The largest passing INT8 subset, searched greedily from the failing result ``first``.
+
+    ``evaluate(stages)`` evaluates a setting with ``stages`` at INT8 and the
+    rest at FP32. Returns ``{"int8_stages", "keep_higher_precision", "result",
+    "passed", "text"}``.
+    """
+    verdict = check(first, gates)
+    current = [s for s in int8_stages if s not in verdict["failed_stages"]]
+    result: Optional[dict] = None
+    while current:
+        log(f"[int8] trying INT8 for {current} (others fp16/fp32) ...")
+        result = evaluate(current)
+        v = check(result, gates)
+        if v["passed"]:
+            break
+        current = [s for s in current if s not in v["failed_stages"]]
+        result = None
+    keep = [s for s in int8_stages if s not in current]
+    if current:
+        text = (f"keep {', '.join(keep)} at fp16/fp32 and quantize only {', '.join(current)}: "
+                f"this passes the gate (e.g. --int8-stages {','.join(current)})")
+    else:
+        text = ("no INT8 stage passes the gate on these episodes: build with --precision fp16 "
+                "(or check that the calibration episodes represent the deployment data)")
+    return {"int8_stages": current, "keep_higher_precision": keep, "result": result,
+            "passed": bool(current), "text": text}
