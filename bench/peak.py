@@ -1,0 +1,68 @@
+"""Machine peak: a large fp32 matmul timed in the same run as the benchmark.
+
+The achieved GFLOP/s of every stage is reported as a fraction of this number,
+so "40% of peak" means the same thing on any machine. On the CPU the matmul
+runs through torch (MKL/oneDNN) with the benchmark's thread count; where
+``torch.cuda`` is available it is also timed on the GPU with CUDA events.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional
+
+
+def cpu_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = None) -> Dict[str, float]:
+    """Best-of-``repeats`` GFLOP/s of an ``n x n`` fp32 matmul on the CPU."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a = torch.randn(n, n)
+        b = torch.randn(n, n)
+        torch.mm(a, b)  # warm-up (thread pool, packing buffers)
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+        return {"device": "cpu", "n": n, "seconds": best, "gflops": 2.0 * n ** 3 / best / 1e9,
+                "threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(old)
+
+
+def cuda_matmul_peak(n: int = 8192, repeats: int = 5) -> Optional[Dict[str, float]]:
+    """Best GFLOP/s of an fp32 (TF32 off) matmul on the GPU, timed with CUDA events; None without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        a = torch.randn(n, n, device="cuda")
+        b = torch.randn(n, n, device="cuda")
+        torch.mm(a, b)
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            torch.mm(a, b)
+            e.record()
+            e.synchronize()
+            best = min(best, s.elapsed_time(e) / 1e3)
+        return {"device": torch.cuda.get_device_name(0), "n": n, "seconds": best,
+                "gflops": 2.0 * n ** 3 / best / 1e9}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def measure_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = None) -> Dict[str, object]:
+    """``{"cpu": {...}, "cuda": {...} or None}``."""
+    return {"cpu": cpu_matmul_peak(n, repeats, threads), "cuda": cuda_matmul_peak()}

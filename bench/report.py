@@ -1,0 +1,127 @@
+"""Benchmark report: the JSON record, a Markdown summary and a PNG chart.
+
+The PNG (matplotlib, Agg backend: no display needed) shows per-stage median
+latency as grouped bars, one group per stage and one bar per variant
+(engines folder / backend / precision, and the PyTorch reference).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+from runtime.fileio import atomic_path, write_json_atomic
+
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{1e3 * x:.1f}"
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def markdown(rec: Dict) -> str:
+    s = rec["settings"]
+    lines = [f"# Benchmark: {rec['model']['name']} SAM{rec['model']['sam2_version']} "
+             f"@ {rec['model']['image_size']} px", "",
+             f"Machine: {rec['machine']['cpu']} ({rec['machine']['cores']} cores), "
+             f"{rec['machine']['platform']}; onnxruntime {rec['versions'].get('onnxruntime')}, "
+             f"torch {rec['versions'].get('torch')}.",
+             f"Settings: backend={s['backend']}, threads={s['threads']}, shots={s['shots']}, "
+             f"batch={s['batch']}, warm-up {s['warmup']}, {s['iterations']} iterations. "
+             f"Peak (fp32 matmul {rec['peak']['cpu']['n']}^3, same run): "
+             f"{rec['peak']['cpu']['gflops']:.0f} GFLOP/s.", ""]
+    lines += ["## Per-stage latency (same inputs; ms: median / p90 / p99)", "",
+              "| variant | stage | case | GFLOP | median | p90 | p99 | GFLOP/s | % peak | vs PyTorch |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in rec["variants"] + ([rec["pytorch"]] if rec.get("pytorch") else []):
+        for row in v["stages"]:
+            lines.append(
+                f"| {v['label']} | {row['stage']} | {row['case']} | "
+                f"{_num(row.get('gflop'))} | "
+                f"{_ms(row['median'])} | {_ms(row['p90'])} | {_ms(row['p99'])} | "
+                f"{_num(row.get('gflops'))} | {_pct(row.get('peak_fraction'))} | "
+                f"{_ratio(row.get('speedup_vs_pytorch'))} |")
+    lines += ["", "## Pipeline (FewShotSegmenter vs TorchFewShotSegmenter, same images)", "",
+              "| variant | shots | steady frame ms (median / p90 / p99) | frames/s | vs PyTorch | "
+              "reference ms (median) | refs/s | vs PyTorch |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for v in rec["variants"] + ([rec["pytorch"]] if rec.get("pytorch") else []):
+        for p in v.get("pipeline", []):
+            f, r = p["frame"], p["reference"]
+            lines.append(
+                f"| {v['label']} | {p['shots']} | {_ms(f['median'])} / {_ms(f['p90'])} / {_ms(f['p99'])} | "
+                f"{p['frames_per_s']:.2f} | {_ratio(p.get('frame_speedup_vs_pytorch'))} | "
+                f"{_ms(r['median'])} | {p['references_per_s']:.2f} | "
+                f"{_ratio(p.get('reference_speedup_vs_pytorch'))} |")
+    bt = [(v["label"], b) for v in rec["variants"] for b in v.get("batch", [])]
+    if bt:
+        lines += ["", "## Image encoder throughput", "", "| variant | batch | median ms | images/s |",
+                  "|---|---:|---:|---:|"]
+        for label, b in bt:
+            if b.get("skipped"):
+                lines.append(f"| {label} | {b['batch']} | skipped: {b['skipped']} | - |")
+            else:
+                lines.append(f"| {label} | {b['batch']} | {_ms(b['median'])} | {b['images_per_s']:.2f} |")
+    lines += ["", "## Memory", ""]
+    for v in rec["variants"] + ([rec["pytorch"]] if rec.get("pytorch") else []):
+        lines.append(f"- {v['label']}: peak host RSS {v.get('peak_rss_mb', 0):.0f} MB"
+                     + (f", device {v['device_mem_mb']:.0f} MB" if v.get("device_mem_mb") else ""))
+    lines += ["", f"Command: `{rec['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(rec: Dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = rec["variants"] + ([rec["pytorch"]] if rec.get("pytorch") else [])
+    keys: List[str] = []
+    for v in variants:
+        for r in v["stages"]:
+            k = f"{r['stage']}\n{r['case']}"
+            if k not in keys:
+                keys.append(k)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4.5))
+    width = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        vals = {f"{r['stage']}\n{r['case']}": 1e3 * r["median"] for r in v["stages"]}
+        xs = [j + i * width for j in range(len(keys))]
+        ax.bar(xs, [vals.get(k, 0.0) for k in keys], width, label=v["label"])
+    ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(keys))])
+    ax.set_xticklabels(keys, fontsize=8)
+    ax.set_ylabel("median latency (ms)")
+    ax.set_title(f"{rec['model']['name']} @ {rec['model']['image_size']} px: per-stage latency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(rec: Dict, out: Path) -> Dict[str, Path]:
+    """Write ``out.json``, ``out.md`` and ``out.png``; returns their paths."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out.with_suffix(".json"), "md": out.with_suffix(".md"), "png": out.with_suffix(".png")}
+    write_json_atomic(paths["json"], rec)
+    md = markdown(rec)
+    with atomic_path(paths["md"]) as tmp:
+        Path(tmp).write_text(md)
+    plot(rec, paths["png"])
+    return paths
+
+
+def load(path: Path) -> Dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,416 @@
+"""``python -m bench.throughput``: per-stage latency and throughput of engines folders.
+
+For every engines folder (all of one model and image size; their manifests
+are compared) and every ``--shots`` k, on the same synthetic images:
+
+- **stages**: each stage runner alone on identical feeds (memory attention
+  with k memories and k pointers), warm-up then N iterations, median / p90 /
+  p99; FLOPs per stage (bench/flops.py, counted once on the PyTorch
+  sub-networks) and achieved GFLOP/s as a fraction of the machine peak
+  measured in the same run (bench/peak.py);
+- **pipeline**: ``FewShotSegmenter`` steady state (references cached: one
+  ``segment`` per frame, per-stage timings incl. pre/post-processing) and
+  reference encoding (``add_reference``), frames/s and references/s;
+- **batch**: image-encoder throughput at ``--batch`` sizes the engine's batch
+  axis allows;
+- with ``--compare-pytorch``: the same on the PyTorch reference
+  (``TorchFewShotSegmenter`` and the exported sub-networks) in the same run,
+  every figure also as a speed-up ratio;
+- peak host RSS (and CUDA device memory where torch sees a GPU).
+
+Writes ``OUT.json`` (machine, versions, settings, all figures), ``OUT.md``
+and ``OUT.png``. Bad input (mixed models/sizes, zero iterations, unknown
+backend, missing folder) exits with status 2 and a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+BACKENDS = ("onnxruntime", "tensorrt", "auto")
+PIPE_STAGES = ("preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess", "total")
+
+
+class BenchError(ValueError):
+    """Bad benchmark input: reported as ``error: ...`` with exit status 2."""
+
+
+def _int_list(text: str, what: str) -> List[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BenchError(f"--{what} must be comma-separated integers, got {text!r}")
+    if not vals or min(vals) < 1:
+        raise BenchError(f"--{what} values must be >= 1, got {text!r}")
+    return vals
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--engines", nargs="+", type=Path, required=True, help="engines folders")
+    p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
+    p.add_argument("--shots", default="1,5", help="references per concept, comma separated")
+    p.add_argument("--batch", default="1,4", help="image-encoder batch sizes")
+    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: backend default)")
+    p.add_argument("--compare-pytorch", action="store_true", help="time the PyTorch reference too")
+    p.add_argument("--peak-size", type=int, default=4096, help="matrix side of the peak matmul")
+    p.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    return p.parse_args(argv)
+
+
+def validate(args) -> List[dict]:
+    """Check the settings and the folders; returns their manifests."""
+    from runtime.manifest import ManifestError, load_manifest
+
+    if args.backend not in BACKENDS:
+        raise BenchError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if args.iterations < 1:
+        raise BenchError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.warmup < 0:
+        raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.threads < 0:
+        raise BenchError(f"--threads must be >= 0, got {args.threads}")
+    args.shots_list = _int_list(args.shots, "shots")
+    args.batch_list = _int_list(args.batch, "batch")
+    manifests = []
+    for d in args.engines:
+        try:
+            manifests.append(load_manifest(d))
+        except ManifestError as e:
+            raise BenchError(str(e))
+    keys = ("name", "sam2_version", "image_size", "kind", "adapters")
+    first = {k: manifests[0]["model"].get(k) for k in keys}
+    for d, m in zip(args.engines[1:], manifests[1:]):
+        other = {k: m["model"].get(k) for k in keys}
+        if other != first:
+            diff = {k: (first[k], other[k]) for k in keys if first[k] != other[k]}
+            raise BenchError(
+                f"engines folders are of different models: {args.engines[0]} vs {d} differ in "
+                + ", ".join(f"{k} ({a!r} vs {b!r})" for k, (a, b) in diff.items())
+                + "; benchmark one model and image size per report")
+    return manifests
+
+
+# ------------------------------------------------------------------ timing
+def summarize(samples: List[float]) -> Dict[str, float]:
+    a = np.asarray(samples, np.float64)
+    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "min": float(a.min()),
+            "n": int(a.size)}
+
+
+def time_calls(fn: Callable[[], object], warmup: int, iterations: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / 2 ** 20
+
+
+def _device_mem_mb() -> Optional[float]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2 ** 20
+    except ImportError:
+        pass
+    return None
+
+
+# ------------------------------------------------------------------ inputs
+def synthetic_images(size: int, count: int, seed: int = 0):
+    """Images ``[size, size, 3]`` uint8 and disc masks, deterministic."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    imgs, masks = [], []
+    for i in range(count):
+        imgs.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+        masks.append((yy - cy) ** 2 + (xx - cx) ** 2 < (size // 6) ** 2)
+    return imgs, masks
+
+
+def stage_cases(shots: List[int]) -> Dict[str, dict]:
+    cases = {"image_encoder": {"stage": "image_encoder", "batch": 1},
+             "memory_encoder": {"stage": "memory_encoder", "batch": 1},
+             "mask_decoder": {"stage": "mask_decoder", "batch": 1, "num_points": 1}}
+    for k in shots:
+        cases[f"memory_attention@{k}"] = {"stage": "memory_attention", "num_mem": k, "num_ptr": k}
+    return cases
+
+
+def _case_axes(case, specs):
+    axes = {k: v for k, v in case.items() if k != "stage"}
+    rng = specs[case["stage"]].axis_ranges
+    for k, v in list(axes.items()):
+        if k in rng:
+            axes[k] = min(max(v, rng[k][0]), rng[k][2])
+    return axes
+
+
+# ------------------------------------------------------------------ runs
+def bench_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, cases, flops, peak) -> dict:
+    from export.onnx_export import example_feeds
+    from runtime.manifest import manifest_specs
+    from runtime.pipeline import FewShotSegmenter
+
+    specs = manifest_specs(manifest)
+    seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads)
+    label = f"{engine_dir.name} [{seg.backend}, {manifest.get('precision')}]"
+    stages = []
+    for name, case in cases.items():
+        axes = _case_axes(case, specs)
+        feeds = example_feeds(specs[case["stage"]], axes)
+        r = seg.runners[case["stage"]]
+        s = summarize(time_calls(lambda: r.infer(feeds), args.warmup, args.iterations))
+        stages.append(_stage_row(case["stage"], name, s, flops.get(name), peak))
+    pipeline = []
+    for k in args.shots_list:
+        seg.clear()
+        ref_t = []
+        for i in range(k):
+            t = time.perf_counter()
+            seg.add_reference(refs[i % len(refs)], masks[i % len(masks)], concept="bench")
+            ref_t.append(time.perf_counter() - t)
+        for _ in range(args.warmup):
+            seg.segment(frames[0])
+        per = {s: [] for s in PIPE_STAGES}
+        for i in range(args.iterations):
+            res = seg.segment(frames[i % len(frames)])
+            for s in PIPE_STAGES:
+                per[s].append(res.timings.get(s, 0.0))
+        frame = summarize(per["total"])
+        pipeline.append({"shots": k, "frame": frame,
+                         "frame_stages": {s: summarize(v) for s, v in per.items()},
+                         "frames_per_s": 1.0 / frame["median"], "reference": summarize(ref_t),
+                         "references_per_s": 1.0 / float(np.median(ref_t))})
+    batch = []
+    bmax = specs["image_encoder"].axis_ranges.get("batch", (1, 1, 1))[2]
+    for b in args.batch_list:
+        if b > bmax:
+            batch.append({"batch": b, "skipped": f"engine batch axis allows at most {bmax}"})
+            continue
+        feeds = example_feeds(specs["image_encoder"], {"batch": b})
+        r = seg.runners["image_encoder"]
+        s = summarize(time_calls(lambda: r.infer(feeds), args.warmup, args.iterations))
+        batch.append({"batch": b, **s, "images_per_s": b / s["median"]})
+    seg.close()
+    return {"label": label, "engines": str(engine_dir), "backend": seg.backend,
+            "precision": manifest.get("precision"), "stages": stages, "pipeline": pipeline,
+            "batch": batch, "peak_rss_mb": peak_rss_mb(), "device_mem_mb": _device_mem_mb()}
+
+
+def _stage_row(stage, case, s, flop, peak):
+    row = {"stage": stage, "case": case, **s}
+    if flop:
+        row["gflop"] = flop / 1e9
+        row["gflops"] = flop / 1e9 / s["median"]
+        row["peak_fraction"] = row["gflops"] / peak if peak else None
+    return row
+
+
+def bench_pytorch(manifest: dict, args, frames, refs, masks, cases, flops, peak, nets, specs, model) -> dict:
+    import torch
+
+    from export.onnx_export import example_feeds
+    from export.reference import TorchFewShotSegmenter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stages = []
+    with torch.no_grad():
+        for name, case in cases.items():
+            axes = _case_axes(case, specs)
+            feeds = example_feeds(specs[case["stage"]], axes)
+            net = nets[case["stage"]]
+            targs = [torch.from_numpy(feeds[n]) for n in specs[case["stage"]].input_names]
+            s = summarize(time_calls(lambda: net(*targs), args.warmup, args.iterations))
+            stages.append(_stage_row(case["stage"], name, s, flops.get(name), peak))
+    ref = TorchFewShotSegmenter(model)
+    pipeline = []
+    for k in args.shots_list:
+        ref.clear()
+        ref_t = []
+        for i in range(k):
+            t = time.perf_counter()
+            ref.add_reference(refs[i % len(refs)], masks[i % len(masks)], concept="bench")
+            ref_t.append(time.perf_counter() - t)
+        time_calls(lambda: ref.segment(frames[0]), args.warmup, 0)  # warm-up only
+        frame_t = []
+        for i in range(args.iterations):
+            t = time.perf_counter()
+            ref.segment(frames[i % len(frames)])
+            frame_t.append(time.perf_counter() - t)
+        frame = summarize(frame_t)
+        pipeline.append({"shots": k, "frame": frame, "frames_per_s": 1.0 / frame["median"],
+                         "reference": summarize(ref_t), "references_per_s": 1.0 / float(np.median(ref_t))})
+    return {"label": "pytorch reference [eager, fp32]", "backend": "pytorch", "precision": "fp32",
+            "stages": stages, "pipeline": pipeline, "batch": [], "peak_rss_mb": peak_rss_mb(),
+            "device_mem_mb": _device_mem_mb()}
+
+
+def _attach_ratios(variants: List[dict], pt: dict) -> None:
+    """Every figure of every variant also as a speed-up over PyTorch (>1: faster)."""
+    pt_stage = {r["case"]: r["median"] for r in pt["stages"]}
+    pt_pipe = {p["shots"]: p for p in pt["pipeline"]}
+    for v in variants:
+        for r in v["stages"]:
+            if r["case"] in pt_stage:
+                r["speedup_vs_pytorch"] = pt_stage[r["case"]] / r["median"]
+        for p in v["pipeline"]:
+            q = pt_pipe.get(p["shots"])
+            if q:
+                p["frame_speedup_vs_pytorch"] = q["frame"]["median"] / p["frame"]["median"]
+                p["reference_speedup_vs_pytorch"] = q["reference"]["median"] / p["reference"]["median"]
+
+
+def _model_for(manifest: dict):
+    from export.adapters import fold_adapter_scale
+    from export.assembly import AdapterConfig, assemble
+    from export.models import ModelChoice
+
+    m = manifest["model"]
+    ad = m.get("adapters")
+    adapters = None if ad is None else AdapterConfig(tuple(ad["stages"]), ad["channel_factor"])
+    ck = manifest.get("checkpoints", {})
+    if not m.get("random_weights") and "sam2" not in ck:
+        raise BenchError("--compare-pytorch needs the checkpoints the engines were built from; "
+                         "the manifest records none")
+    model, _ = assemble(ModelChoice(m["name"], m["sam2_version"], m["image_size"]), adapters,
+                        Path(ck["sam2"]["path"]) if "sam2" in ck else None,
+                        Path(ck["adapter"]["path"]) if "adapter" in ck else None,
+                        random_weights=bool(m.get("random_weights")), seed=m.get("seed") or 0,
+                        fewshot=m.get("kind") != "sam2")
+    fold_adapter_scale(model)
+    return model.eval()
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        import psutil
+
+        mem = psutil.virtual_memory().total / 2 ** 30
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "platform": platform.platform(),
+            "python": platform.python_version(), "hostname": platform.node()}
+
+
+def _versions() -> dict:
+    out = {}
+    for mod in ("numpy", "onnxruntime", "torch", "onnx", "matplotlib"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            out[mod] = None
+    return out
+
+
+def run(args) -> dict:
+    manifests = validate(args)
+    import torch
+
+    from bench.flops import stage_flops
+    from bench.peak import measure_peak
+    from export.subnets import build_subnets
+    from runtime.manifest import manifest_specs
+
+    m0 = manifests[0]
+    size = int(m0["model"]["image_size"])
+    specs = manifest_specs(m0)
+    peak = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
+    peak_gflops = (peak["cuda"] or peak["cpu"])["gflops"] if args.backend == "tensorrt" else peak["cpu"]["gflops"]
+    model = _model_for(m0)
+    nets = {k: v.eval() for k, v in build_subnets(model).items()}
+    cases = stage_cases(args.shots_list)
+    t = time.perf_counter()
+    flops = stage_flops(nets, specs, {n: {"stage": c["stage"], **_case_axes(c, specs)} for n, c in cases.items()})
+    print(f"[flops] counted in {time.perf_counter() - t:.1f}s: "
+          + ", ".join(f"{k} {v / 1e9:.1f} GFLOP" for k, v in flops.items()), flush=True)
+    imgs, masks = synthetic_images(size, max(args.shots_list) + 2, seed=0)
+    refs, frames = imgs[:-2], imgs[-2:]
+    variants = []
+    for d, m in zip(args.engines, manifests):
+        print(f"[bench] {d} ({args.backend}) ...", flush=True)
+        variants.append(bench_engines(d, m, args, frames, refs, masks, cases, flops, peak_gflops))
+    # Peak again after the engines ran: the larger of the two is the machine's,
+    # the smaller shows how much a shared machine interfered.
+    again = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
+    peak["cpu_before"], peak["cpu_after"] = peak["cpu"], again["cpu"]
+    if again["cpu"]["gflops"] > peak["cpu"]["gflops"]:
+        peak["cpu"] = again["cpu"]
+    pt = None
+    if args.compare_pytorch:
+        print("[bench] pytorch reference ...", flush=True)
+        pt = bench_pytorch(m0, args, frames, refs, masks, cases, flops, peak_gflops, nets, specs, model)
+        _attach_ratios(variants, pt)
+    best = peak["cpu"]["gflops"]
+    if args.backend != "tensorrt" and best > peak_gflops:  # re-base % of peak on the best peak seen
+        for v in variants + ([pt] if pt else []):
+            for r in v["stages"]:
+                if r.get("gflops"):
+                    r["peak_fraction"] = r["gflops"] / best
+    return {
+        "command": "python -m bench.throughput " + " ".join(shlex.quote(a) for a in args.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": _machine(), "versions": _versions(),
+        "settings": {"backend": args.backend, "threads": args.threads, "shots": args.shots_list,
+                     "batch": args.batch_list, "iterations": args.iterations, "warmup": args.warmup,
+                     "compare_pytorch": args.compare_pytorch, "torch_threads": torch.get_num_threads(),
+                     "engines": [str(d) for d in args.engines]},
+        "model": {k: m0["model"].get(k) for k in ("name", "sam2_version", "image_size", "kind")},
+        "peak": peak, "flops": flops, "variants": variants, "pytorch": pt,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    from bench.report import write_report
+    from runtime.backends.base import BackendUnavailable
+
+    try:
+        rec = run(args)
+    except (BenchError, BackendUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = write_report(rec, args.out)
+    print(open(paths["md"]).read())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""bench.throughput on the small (256 px) engines: files produced, bad input rejected.
+
+Never asserts timings (they depend on the machine and its load).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench.throughput import main
+
+
+def _run(tmp_path, *extra):
+    return main(["--shots", "1", "--batch", "1,2", "--iterations", "2", "--warmup", "0",
+                 "--peak-size", "256", "--out", str(tmp_path / "r"), *extra])
+
+
+def test_report_files(tiny_engines, tmp_path):
+    assert _run(tmp_path, "--engines", str(tiny_engines), "--compare-pytorch") == 0
+    rec = json.loads((tmp_path / "r.json").read_text())
+    for key in ("machine", "versions", "settings", "peak", "flops", "variants", "pytorch"):
+        assert key in rec
+    v = rec["variants"][0]
+    stages = {r["stage"] for r in v["stages"]}
+    assert stages == {"image_encoder", "memory_encoder", "memory_attention", "mask_decoder"}
+    assert all(r["gflop"] > 0 and "speedup_vs_pytorch" in r for r in v["stages"])
+    p = v["pipeline"][0]
+    assert p["shots"] == 1 and p["frames_per_s"] > 0 and "frame_speedup_vs_pytorch" in p
+    assert set(p["frame_stages"]) >= {"preprocess", "image_encoder", "memory_attention",
+                                      "mask_decoder", "postprocess", "total"}
+    assert [b["batch"] for b in v["batch"]] == [1, 2]
+    assert v["peak_rss_mb"] > 0 and rec["peak"]["cpu"]["gflops"] > 0
+    md = (tmp_path / "r.md").read_text()
+    assert "memory_attention" in md and "frames/s" in md
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_folders_one_report(tiny_engines, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_engines, copy)
+    assert main(["--engines", str(tiny_engines), str(copy), "--shots", "1", "--batch", "1",
+                 "--iterations", "1", "--warmup", "0", "--peak-size", "256",
+                 "--out", str(tmp_path / "two")]) == 0
+    rec = json.loads((tmp_path / "two.json").read_text())
+    assert len(rec["variants"]) == 2
+
+
+def test_mixed_models_rejected(tiny_engines, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_engines, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["model"]["image_size"] = 512
+    (other / "manifest.json").write_text(json.dumps(m))
+    assert _run(tmp_path, "--engines", str(tiny_engines), str(other)) == 2
+    assert "different models" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--iterations", "0"], "--iterations"),
+    (["--backend", "nonsense"], "unknown backend"),
+    (["--shots", "0"], "--shots"),
+])
+def test_bad_settings_rejected(tiny_engines, tmp_path, capsys, extra, msg):
+    assert main(["--engines", str(tiny_engines), "--out", str(tmp_path / "r"), *extra]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_missing_folder_rejected(tmp_path, capsys):
+    assert main(["--engines", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
