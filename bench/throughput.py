@@ -171,6 +171,17 @@ def _case_axes(case, specs):
 
 
 # ------------------------------------------------------------------ runs
+def _time_references(segmenter, k: int, refs, masks) -> List[float]:
+    """Clear ``segmenter`` (runtime or PyTorch reference) and add k references; seconds each."""
+    segmenter.clear()
+    times = []
+    for i in range(k):
+        t = time.perf_counter()
+        segmenter.add_reference(refs[i % len(refs)], masks[i % len(masks)], concept="bench")
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def bench_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, cases, flops, peak) -> dict:
     from export.onnx_export import example_feeds
     from runtime.manifest import manifest_specs
@@ -188,12 +199,7 @@ def bench_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, c
         stages.append(_stage_row(case["stage"], name, s, flops.get(name), peak))
     pipeline = []
     for k in args.shots_list:
-        seg.clear()
-        ref_t = []
-        for i in range(k):
-            t = time.perf_counter()
-            seg.add_reference(refs[i % len(refs)], masks[i % len(masks)], concept="bench")
-            ref_t.append(time.perf_counter() - t)
+        ref_t = _time_references(seg, k, refs, masks)
         for _ in range(args.warmup):
             seg.segment(frames[0])
         per = {s: [] for s in PIPE_STAGES}
@@ -251,12 +257,7 @@ def bench_pytorch(manifest: dict, args, frames, refs, masks, cases, flops, peak,
     ref = TorchFewShotSegmenter(model)
     pipeline = []
     for k in args.shots_list:
-        ref.clear()
-        ref_t = []
-        for i in range(k):
-            t = time.perf_counter()
-            ref.add_reference(refs[i % len(refs)], masks[i % len(masks)], concept="bench")
-            ref_t.append(time.perf_counter() - t)
+        ref_t = _time_references(ref, k, refs, masks)
         time_calls(lambda: ref.segment(frames[0]), args.warmup, 0)  # warm-up only
         frame_t = []
         for i in range(args.iterations):

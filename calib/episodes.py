@@ -28,6 +28,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from runtime import imageio
+from runtime.preprocess import InputError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 _REF = re.compile(r"^ref_(?P<key>[^.]+?)(?P<mask>_mask)?$")
 _TARGET = re.compile(r"^target_(?P<key>[^.]+)$")
@@ -64,26 +67,19 @@ def _sort_key(k: str):
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
+    """Episode image -> ``[H,W,3]`` uint8 RGB (runtime.imageio), errors as CalibrationDataError."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except Exception as e:
-        raise CalibrationDataError(f"cannot read image {str(path)!r}: {e}") from e
+        return imageio.read_rgb(path)
+    except InputError as e:
+        raise CalibrationDataError(str(e)) from e
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    from PIL import Image
-
+    """Episode mask -> ``[H,W]`` bool, any non-zero pixel foreground."""
     try:
-        with Image.open(path) as im:
-            a = np.asarray(im)
-    except Exception as e:
-        raise CalibrationDataError(f"cannot read mask {str(path)!r}: {e}") from e
-    if a.ndim == 3:
-        a = a[..., :3].max(axis=2) if a.shape[2] >= 3 else a[..., 0]
-    return a > 0
+        return imageio.read_mask(path)
+    except InputError as e:
+        raise CalibrationDataError(str(e)) from e
 
 
 def load_episode(folder: Path) -> Episode:

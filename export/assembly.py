@@ -139,7 +139,7 @@ def load_weights(
                 report.unexpected.append(f"{what}: {k}")
     expected = set(model_sd)
     if sam2_checkpoint is None:
-        expected -= expected - adapter_keys
+        expected &= adapter_keys
     if adapter_checkpoint is None:
         expected -= adapter_keys
     report.missing = sorted(expected - set(provided))
@@ -224,6 +224,3 @@ def write_random_checkpoints(
         adapter_path = save_checkpoint(out_dir / f"adapters_{choice.name}.pt", ad, prefix="module.")
     return sam2_path, adapter_path
 
-
-def sequence_arg(values: Sequence[int]) -> Tuple[int, ...]:
-    return tuple(int(v) for v in values)

@@ -32,6 +32,7 @@ from runtime.preprocess import (
     mask_to_model_logits,
     threshold_logit,
 )
+from runtime.resize import resize_bilinear
 from runtime.results import ConceptResult, SegmentationResult
 from runtime.spec import STAGES
 
@@ -69,6 +70,10 @@ class FewShotSegmenter:
         self._thr_logit = threshold_logit(threshold)
         self._refs: "OrderedDict[str, List[ReferenceMemory]]" = OrderedDict()
         self._feeds: Dict[str, Dict[str, Any]] = {}  # per concept, backend-native
+        # Decoder prompt for "no prompt" (one padding point) and "no mask input".
+        e4 = self.size // 4
+        self._no_points = (np.zeros((1, 1, 2), np.float32), -np.ones((1, 1), np.float32))
+        self._no_mask = np.zeros((1, 1, e4, e4), np.float32)
 
     # -------------------------------------------------------------- lifecycle
     @classmethod
@@ -124,14 +129,13 @@ class FewShotSegmenter:
 
     def _decode(self, image_embed, enc: Mapping[str, Any], coords: np.ndarray,
                 labels: np.ndarray, mask_input: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
-        e4 = self.size // 4
         feeds = {
             "image_embed": image_embed,
             "feat_s1": enc["feat_s1"],
             "feat_s0": enc["feat_s0"],
             "point_coords": coords.astype(np.float32),
             "point_labels": labels.astype(np.float32),
-            "mask_input": mask_input if mask_input is not None else np.zeros((1, 1, e4, e4), np.float32),
+            "mask_input": mask_input if mask_input is not None else self._no_mask,
             "has_mask_input": np.array([1.0 if mask_input is not None else 0.0], np.float32),
         }
         r = self.runners["mask_decoder"]
@@ -235,8 +239,7 @@ class FewShotSegmenter:
         hard, _, high = mask_to_model_logits(mask01, self.size)
         dense = mask_downsample(hard, self.consts["mask_downsample_weight"],
                                 self.consts["mask_downsample_bias"])
-        dec = self._decode(enc["vision_feat"], enc, np.zeros((1, 1, 2), np.float32),
-                           -np.ones((1, 1), np.float32), dense)
+        dec = self._decode(enc["vision_feat"], enc, *self._no_points, dense)
         _, _, obj_ptr = self._select_single(dec)
         # sam2's _use_mask_as_output: the object is present (mask non-empty).
         _, obj_ptr = self._gate(np.zeros(1, np.float32), obj_ptr, 10.0)
@@ -251,8 +254,6 @@ class FewShotSegmenter:
         low, _, obj_ptr = self._select_single(dec)
         score = float(dec["object_score_logits"][0, 0])
         low, obj_ptr = self._gate(low, obj_ptr, score)
-        from runtime.resize import resize_bilinear
-
         high = resize_bilinear(low, (self.size, self.size), antialias=False)
         if self.cfg["binarize_mask_from_pts_for_mem_enc"]:
             high = np.where(high > 0, _BINARIZED_LOGIT, -_BINARIZED_LOGIT).astype(np.float32)
@@ -294,18 +295,16 @@ class FewShotSegmenter:
         timings = {"preprocess": t1 - t0, "image_encoder": t2 - t1,
                    "memory_attention": 0.0, "mask_decoder": 0.0, "postprocess": 0.0}
         results = {}
-        e4 = self.size // 4
         for concept in self._refs:
             ta = time.perf_counter()
             feeds = dict(self._concept_feeds(concept), vision_feat=enc["vision_feat"])
             cond = self.runners["memory_attention"].infer(feeds)["conditioned_feat"]
             tb = time.perf_counter()
-            dec = self._decode(cond, enc, np.zeros((1, 1, 2), np.float32),
-                               -np.ones((1, 1), np.float32), None)
+            dec = self._decode(cond, enc, *self._no_points, None)
             tc = time.perf_counter()
             low, score, ptr = self._select_multi(dec)
             low, _ = self._gate(low, ptr, float(dec["object_score_logits"][0, 0]))
-            logits = logits_to_image(low.reshape(e4, e4), rgb.shape[:2])
+            logits = logits_to_image(low, rgb.shape[:2])
             results[concept] = ConceptResult(mask=logits > self._thr_logit, logits=logits, score=score)
             td = time.perf_counter()
             timings["memory_attention"] += tb - ta
