@@ -67,7 +67,12 @@ def build_model(
     fewshot: bool = True,
     seed: int = 0,
 ) -> torch.nn.Module:
-    """Instantiate SAM2 from its Hydra config (weights: seeded random init)."""
+    """Instantiate SAM2 from its Hydra config (weights: seeded random init).
+
+    Stock SAM2 (``fewshot=False``) is built as sam2's official predictors build
+    it (``apply_postprocessing=True``: the decoder's dynamic multimask via
+    stability), so the manifest records the flags they run with.
+    """
     check_image_size(choice.image_size)
     from sam2.build_sam import build_sam2
 
@@ -79,7 +84,7 @@ def build_model(
         device="cpu",
         mode="eval",
         hydra_overrides_extra=overrides,
-        apply_postprocessing=False,
+        apply_postprocessing=not fewshot,
     )
     if adapters is not None:
         insert_adapters(model.image_encoder.trunk, adapters.stages, adapters.channel_factor)

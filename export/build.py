@@ -24,10 +24,12 @@ from runtime.fileio import atomic_path, sha256_file, write_json_atomic
 from runtime.manifest import CONSTANTS_NAME, FORMAT_VERSION, MANIFEST_NAME
 from runtime.spec import DEFAULT_AXIS_RANGES, STAGES, check_image_size, stage_specs
 
-EXPORT_CODE_VERSION = 1  # bump when the exported graphs change meaning
+EXPORT_CODE_VERSION = 2  # bump when the exported graphs change meaning
 PRECISIONS = ("fp32", "fp16", "int8")
 # fp32 parity gate for every stage (relative L2 to PyTorch).
 FP32_PARITY_GATE = 1e-5
+# Prompted (conditioning) frames a stock-SAM2 tracker can attend to at once.
+MAX_PROMPT_FRAMES = 8
 
 
 def parity_cases(stage: str, ranges: Dict[str, tuple]) -> List[Dict[str, int]]:
@@ -191,8 +193,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     fold_adapter_scale(model)
     ranges = dict(DEFAULT_AXIS_RANGES)
     ranges["batch"] = (1, 1, args.max_batch)
-    ranges["num_mem"] = (1, model.num_maskmem, model.num_maskmem)
-    ranges["num_ptr"] = (1, model.max_obj_ptrs_in_encoder, model.max_obj_ptrs_in_encoder)
+    # Tracking (stock SAM2) attends to every prompted frame besides the recent
+    # ones: room for MAX_PROMPT_FRAMES conditioning frames in the profiles.
+    extra = MAX_PROMPT_FRAMES - 1 if args.stock_sam2 else 0
+    ranges["num_mem"] = (1, model.num_maskmem, model.num_maskmem + extra)
+    ranges["num_ptr"] = (1, model.max_obj_ptrs_in_encoder, model.max_obj_ptrs_in_encoder + extra)
     specs = stage_specs(choice.image_size, ranges)
     ckpt_hashes = {
         k: sha256_file(p) for k, p in
