@@ -171,7 +171,7 @@ def record_stage_inputs(engine_dir: str | Path, episodes: Sequence[Episode],
 
     seg = open_segmenter(engine_dir, manifest, threads=threads)
     samples: Samples = {s: [] for s in STAGES}
-    seg.runners = {s: RecordingRunner(r, samples[s]) for s, r in seg.runners.items()}
+    seg.engines.runners = {s: RecordingRunner(r, samples[s]) for s, r in seg.runners.items()}
     logits: List[np.ndarray] = []
     try:
         for ep in _progress(episodes, len(episodes), "calib: FP32 pass", progress):

@@ -51,16 +51,18 @@ def sine_pe_1d(positions: np.ndarray, dim: int, temperature: float = 10000.0) ->
     return np.concatenate([np.sin(pe), np.cos(pe)], axis=-1).astype(np.float32)
 
 
-def pointer_pos_enc(distances: List[int], k: int, cfg: dict, consts: dict) -> np.ndarray:
+def pointer_pos_enc(distances: List[int], num_frames: int, cfg: dict, consts: dict) -> np.ndarray:
     """Position encodings ``[Np, mem_dim]`` of the selected pointers.
 
     Zero unless the config adds temporal encodings (SAM2.1); then the sine
-    encoding of ``distance / t_diff_max``, projected by ``obj_ptr_tpos_proj``.
+    encoding of ``distance / t_diff_max``, projected by ``obj_ptr_tpos_proj``;
+    ``t_diff_max = min(num_frames, max_obj_ptrs_in_encoder) - 1`` as in sam2
+    (``num_frames`` is k+1 for k references, the video length when tracking).
     """
     mem_dim = cfg["mem_dim"]
     if not cfg["add_tpos_enc_to_obj_ptrs"]:
         return np.zeros((len(distances), mem_dim), np.float32)
-    t_diff_max = min(k + 1, cfg["max_obj_ptrs_in_encoder"]) - 1
+    t_diff_max = min(num_frames, cfg["max_obj_ptrs_in_encoder"]) - 1
     pos = np.asarray(distances, np.float32) / np.float32(t_diff_max)
     if cfg["proj_tpos_enc_in_obj_ptrs"]:
         pe = sine_pe_1d(pos, cfg["hidden_dim"])

@@ -77,16 +77,10 @@ def check_mask(mask: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def mask_to_model_logits(mask01: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference mask -> (hard ``[S,S]`` 0/1, low-res logits ``[S/4,S/4]``, high-res logits ``[S,S]``).
-
-    Contract steps 1 and 3: antialiased resize then ``> 0``; logits
-    ``mask*20-10``; antialiased downsample to S/4; plain bilinear back up to S.
-    """
-    hard = (resize_bilinear(mask01, (size, size), antialias=True) > 0).astype(np.float32)
-    high = hard * np.float32(20.0) - np.float32(10.0)
-    low = resize_bilinear(high, (size // 4, size // 4), antialias=True)
-    return hard, low, resize_bilinear(low, (size, size), antialias=False)
+def mask_to_model_size(mask01: np.ndarray, size: int) -> np.ndarray:
+    """0/1 mask ``[H,W]`` -> ``[S,S]`` float (antialiased bilinear); callers threshold it
+    (the few-shot contract at ``> 0``, sam2's video predictor at ``>= 0.5``)."""
+    return resize_bilinear(mask01, (size, size), antialias=True)
 
 
 def mask_downsample(hard: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
