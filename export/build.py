@@ -60,7 +60,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
                    help="engine precision (fp16 keeps normalisation layers in fp32; int8 "
                         "quantizes with calibration and an accuracy gate)")
-    p.add_argument("--model", default="tiny", help=f"SAM2 size: {', '.join(MODEL_NAMES)}")
+    p.add_argument("--model", default="tiny",
+                   help=f"SAM2 size: {', '.join(MODEL_NAMES)}; or sam2-unet, sam2-unext, features "
+                        "(dense models / encoder features: `--model sam2-unet --help`)")
     p.add_argument("--sam2-version", default="2.1", help=f"SAM2 config family: {', '.join(SAM2_VERSIONS)}")
     p.add_argument("--sam2-checkpoint", type=Path, help="official SAM2 checkpoint (.pt)")
     ad = p.add_mutually_exclusive_group()
@@ -146,6 +148,13 @@ def _versions() -> Dict[str, str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from export.dense.build import wants_dense
+
+    if wants_dense(argv):  # sam2-unet | sam2-unext | features: see export/dense/build.py
+        from export.dense.build import main as dense_main
+
+        return dense_main(argv)
     args = parse_args(argv)
     # --- validate everything before anything is written -------------------------
     try:

@@ -29,8 +29,12 @@ class CheckpointError(ValueError):
     """A checkpoint file cannot be used with the model being built."""
 
 
-def read_state_dict(path: str | os.PathLike, what: str) -> Dict[str, torch.Tensor]:
-    """``torch.load(path, weights_only=True)["model"]`` with clear errors; strips ``module.``."""
+def read_state_dict(path: str | os.PathLike, what: str, bare_ok: bool = False) -> Dict[str, torch.Tensor]:
+    """``torch.load(path, weights_only=True)["model"]`` with clear errors; strips ``module.``.
+
+    ``bare_ok``: also accept a bare state dict (``torch.save(model.state_dict())``,
+    as e.g. SAM2-UNet's training code saves).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} checkpoint {str(path)!r} does not exist; check the path")
@@ -47,6 +51,9 @@ def read_state_dict(path: str | os.PathLike, what: str) -> Dict[str, torch.Tenso
             f"{what} checkpoint {str(path)!r} is not a weights-only PyTorch checkpoint "
             f"({type(e).__name__}); expected a file holding {{'model': state_dict}}"
         ) from e
+    if bare_ok and isinstance(ckpt, dict) and "model" not in ckpt and ckpt \
+            and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {"model": ckpt}
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
         keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(

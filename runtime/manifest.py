@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 from runtime.fileio import sha256_file
 from runtime.spec import STAGES, StageSpec, stage_specs
@@ -23,8 +23,13 @@ class ManifestError(ValueError):
     """An engines folder is incomplete or does not match its manifest."""
 
 
-def load_manifest(engine_dir: str | Path) -> Dict[str, Any]:
-    """Read and validate ``engine_dir/manifest.json``."""
+def load_manifest(engine_dir: str | Path, stages: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Read and validate ``engine_dir/manifest.json``.
+
+    ``stages``: the stages the caller needs (default: the four SAM2 stages).
+    Dense-model folders name their loader in the manifest; a SAM2 caller that
+    opens one is told which class loads it.
+    """
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
         raise ManifestError(
@@ -50,8 +55,13 @@ def load_manifest(engine_dir: str | Path) -> Dict[str, Any]:
     for key in ("model", "stages", "model_config", "precision"):
         if key not in manifest:
             raise ManifestError(f"{str(path)!r} lacks the {key!r} entry; rebuild the folder")
-    missing = [s for s in STAGES if s not in manifest["stages"]]
+    missing = [s for s in (STAGES if stages is None else stages) if s not in manifest["stages"]]
     if missing:
+        loader = manifest.get("loader")
+        if loader:
+            raise ManifestError(
+                f"{str(path)!r} holds a {manifest['model'].get('kind')!r} model, not the stages "
+                f"{missing}: load it with {loader}")
         raise ManifestError(f"{str(path)!r} lists no entry for stages {missing}; rebuild")
     if manifest.get("status") != "complete":
         raise ManifestError(
