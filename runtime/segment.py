@@ -29,7 +29,9 @@ def parse_ref(text: str) -> Tuple[str, str, str]:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m runtime.segment",
-        description="Segment target images given reference images with masks (few-shot).",
+        description="Segment target images given reference images with masks (few-shot). "
+                    "With --dense: SAM2-UNet / SAM2-UNeXT engines, no references "
+                    "(`--dense --help`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--engines", required=True, type=Path, help="folder made by export.build")
@@ -45,6 +47,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--dense" in argv:  # SAM2-UNet / SAM2-UNeXT folders: see runtime/dense_cli.py
+        from runtime.dense_cli import main as dense_main
+
+        return dense_main(argv)
     args = parse_args(argv)
     from runtime.backends.base import BackendUnavailable
     from runtime.camera.overlay import concept_colours, draw_masks

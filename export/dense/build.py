@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 
 from export.models import MODEL_NAMES, SAM2_VERSIONS
-from runtime.dense_spec import KINDS, LOGITS
+from runtime.dense_spec import KINDS, LOGITS, part_names
 from runtime.fileio import sha256_file, write_json_atomic
 from runtime.manifest import FORMAT_VERSION, MANIFEST_NAME
 
@@ -206,6 +206,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _fail("--max-batch must be >= 1")
     try:
         choice = _choice(args)
+        precisions = _part_precisions(args, part_names(choice.kind, choice.split))
     except ValueError as e:
         _fail(str(e))
     from export.checkpoints import CheckpointError
@@ -237,10 +238,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     nets = export_nets(model, choice)
     specs = make_specs(model, choice, args.max_batch)
-    try:
-        precisions = _part_precisions(args, list(specs))
-    except ValueError as e:
-        _fail(str(e))
     ckpt_hash = sha256_file(args.checkpoint) if args.checkpoint else None
     fingerprint = _fingerprint(args, choice, ckpt_hash)
     out.mkdir(parents=True, exist_ok=True)

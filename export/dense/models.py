@@ -254,7 +254,8 @@ def _listing(keys: List[str], n: int = 10) -> str:
 
 def _shape_message(bad: List[Tuple[str, tuple, tuple]], sd: Dict[str, torch.Tensor],
                    choice: DenseChoice, path: str) -> str:
-    hints = []
+    layout = _layout_hint(list(sd), choice)
+    hints = [layout] if layout else []
     pk = TRUNK_PREFIX[choice.kind] + "patch_embed.proj.weight"
     if pk in sd and any(k.startswith(TRUNK_PREFIX[choice.kind]) for k, _, _ in bad):
         guess = _WIDTH_TO_TRUNK.get(int(sd[pk].shape[0]))

@@ -1,0 +1,177 @@
+"""DenseSegmenter / FeatureExtractor against the PyTorch models, loaders, inputs, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.dense_helpers import SIZE, built, torch_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _image(h=50, w=83, seed=0):
+    """A non-square uint8 RGB image with structure (gradients, a disc) and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    disc = ((yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (h / 4) ** 2) * 120.0
+    img = np.stack([xx * 255.0 / w, yy * 255.0 / h, disc], -1) + rng.normal(0, 20, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _torch_preprocess(img: np.ndarray) -> torch.Tensor:
+    """The authors' pipeline in torch: PIL-like antialiased resize of the uint8 image, 8-bit rounding."""
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+    return torch.round(x * 255.0).clamp(0, 255) / 255.0
+
+
+@torch.no_grad()
+def _torch_probability(name: str, img: np.ndarray, x: torch.Tensor) -> np.ndarray:
+    """PyTorch model (authors' forward) on ``x`` + the authors' test.py post-processing."""
+    from export.dense.blocks import Normalize
+
+    model = torch_model(name)
+    out = model(Normalize()(x))
+    logits = out[0] if isinstance(out, tuple) else out  # SAM2-UNet returns (out, out1, out2)
+    prob = torch.sigmoid(F.interpolate(logits, size=img.shape[:2], mode="bilinear", align_corners=False))
+    return prob[0, 0].numpy()
+
+
+@pytest.mark.parametrize("name", ["unet", "unext-split-fp16"])
+def test_probability_map_matches_pytorch(name):
+    from runtime.dense import DenseSegmenter
+
+    from runtime.dense import DenseSegmenter, prepare_image
+
+    img = _image()
+    x, _ = prepare_image(img, SIZE)
+    ref = _torch_probability(name, img, torch.from_numpy(x))
+    with DenseSegmenter.load(built(name), backend="onnxruntime") as seg:
+        prob = seg.predict(img)
+        assert set(seg.timings) >= {"preprocess", "postprocess", "total", *seg.specs}
+    assert prob.shape == img.shape[:2] and prob.dtype == np.float32
+    err = float(np.abs(prob - ref).max())
+    # With torch's own pre-processing a pixel whose resized value sits at a rounding
+    # boundary can land one 8-bit level apart: that error is stated separately.
+    full = float(np.abs(prob - _torch_probability(name, img, _torch_preprocess(img))).max())
+    print(f"{name}: probability map max abs error vs PyTorch {err:.2e} (same input), "
+          f"{full:.2e} (torch pre-processing)")
+    assert err < 2e-5 and full < 2e-3
+    assert 0.02 < (ref > 0.5).mean() < 0.98  # the maps are not trivially all one class
+
+
+def test_preprocessing_matches_torch_and_pil_rounding():
+    from runtime.dense import prepare_image
+
+    img = _image()
+    x, hw = prepare_image(img, SIZE)
+    assert hw == (50, 83) and x.shape == (1, 3, SIZE, SIZE)
+    levels = np.abs(x - _torch_preprocess(img).numpy()) * 255
+    assert levels.max() <= 1.0 + 1e-4 and (levels > 0.5).mean() < 1e-3
+    assert np.allclose(x * 255, np.rint(x * 255), atol=1e-3)  # 8-bit values, as PIL's output
+
+
+def test_features_match_pytorch():
+    from runtime.features import FeatureExtractor
+
+    img = _image(70, 40, seed=1)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+    enc = torch_model("features-fpn").image_encoder
+    with torch.no_grad():
+        from export.dense.blocks import Normalize
+
+        out = enc(Normalize()(x))
+        trunk = enc.trunk(Normalize()(x))
+    ref = dict(zip(["trunk_s4", "trunk_s8", "trunk_s16", "trunk_s32"], trunk))
+    ref.update(zip(["fpn_s4", "fpn_s8", "fpn_s16"], out["backbone_fpn"]))
+    with FeatureExtractor.load(built("features-fpn"), backend="onnxruntime") as fx:
+        feats = fx.extract(img)
+        assert fx.shapes()["fpn_s8"] == (256, SIZE // 8, SIZE // 8)
+    assert list(feats) == list(ref)
+    for k, v in ref.items():
+        v = v[0].numpy()
+        assert feats[k].shape == v.shape
+        assert np.linalg.norm(feats[k] - v) / np.linalg.norm(v) < 1e-5, k
+
+
+def test_each_loader_refuses_the_other_kinds_folder():
+    from runtime import FewShotSegmenter
+    from runtime.dense import DenseSegmenter
+    from runtime.features import FeatureExtractor
+    from runtime.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match="load it with runtime.features.FeatureExtractor"):
+        DenseSegmenter.load(built("features-fpn"))
+    with pytest.raises(ManifestError, match="load it with runtime.dense.DenseSegmenter"):
+        FeatureExtractor.load(built("unet"))
+    with pytest.raises(ManifestError, match="load it with runtime.dense.DenseSegmenter"):
+        FewShotSegmenter.load(built("unet"))
+
+
+def test_changed_files_and_failed_builds_are_refused(tmp_path):
+    import shutil
+
+    from runtime.dense import DenseSegmenter
+    from runtime.manifest import ManifestError
+
+    d = tmp_path / "unet"
+    shutil.copytree(built("unet"), d)
+    with open(d / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="does not match the sha256"):
+        DenseSegmenter.load(d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["status"] = "failed"
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="status='failed'"):
+        DenseSegmenter.load(d)
+    with pytest.raises(ManifestError, match="does not exist"):
+        DenseSegmenter.load(tmp_path / "nothing")
+
+
+def test_bad_images_are_refused_with_a_message():
+    from runtime.dense import DenseSegmenter
+    from runtime.preprocess import InputError
+
+    with DenseSegmenter.load(built("unet"), backend="onnxruntime") as seg:
+        with pytest.raises(InputError, match="channels"):
+            seg.predict(np.zeros((10, 10, 5), np.uint8))
+        with pytest.raises(InputError, match=r"\[0, 1\]"):
+            seg.predict(np.full((10, 10, 3), 2.0, np.float32))
+        gray = seg.predict(_image()[:, :, 0])  # grayscale is replicated to RGB
+        assert gray.shape == (50, 83)
+
+
+def test_runtime_imports_no_torch():
+    code = ("import sys, runtime.dense, runtime.features, runtime.dense_cli, runtime.dense_spec; "
+            "bad = [m for m in ('torch', 'export', 'calib', 'sam2') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_segment_cli_dense(tmp_path, capsys):
+    from runtime.imageio import write_image
+    from runtime.segment import main
+
+    write_image(tmp_path / "a.png", _image())
+    rc = main(["--dense", "--engines", str(built("unet")), "--target", str(tmp_path / "a.png"),
+               "--out", str(tmp_path / "out"), "--backend", "onnxruntime"])
+    assert rc == 0
+    assert "sam2-unet at 64px" in capsys.readouterr().out
+    import cv2
+
+    prob = cv2.imread(str(tmp_path / "out" / "a_prob.png"), cv2.IMREAD_GRAYSCALE)
+    assert prob.shape == (50, 83) and prob.max() >= 254 and prob.min() == 0  # min-max normalised (floored, as the authors)
+    assert (tmp_path / "out" / "a_mask.png").is_file() and (tmp_path / "out" / "a_overlay.png").is_file()
+    rc = main(["--dense", "--engines", str(built("features-fpn")), "--target", str(tmp_path / "a.png"),
+               "--out", str(tmp_path / "out2")])
+    assert rc == 2 and "FeatureExtractor" in capsys.readouterr().err
