@@ -52,6 +52,7 @@ def markdown(rec: Dict) -> str:
                 f"{_ms(row['median'])} | {_ms(row['p90'])} | {_ms(row['p99'])} | "
                 f"{_num(row.get('gflops'))} | {_pct(row.get('peak_fraction'))} | "
                 f"{_ratio(row.get('speedup_vs_pytorch'))} |")
+    lines += _work_note(rec)
     lines += ["", "## Pipeline (FewShotSegmenter vs TorchFewShotSegmenter, same images)", "",
               "| variant | shots | steady frame ms (median / p90 / p99) | frames/s | vs PyTorch | "
               "reference ms (median) | refs/s | vs PyTorch |", "|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -78,6 +79,19 @@ def markdown(rec: Dict) -> str:
                      + (f", device {v['device_mem_mb']:.0f} MB" if v.get("device_mem_mb") else ""))
     lines += ["", f"Command: `{rec['command']}`", ""]
     return "\n".join(lines)
+
+
+def _work_note(rec: Dict) -> List[str]:
+    """How GFLOP is counted, and where this export executes less than sam2's computation."""
+    ref, ex = rec.get("flops", {}), rec.get("flops_export", {})
+    less = [f"{k} {ex[k] / 1e9:.1f}" for k in ref if k in ex and ex[k] < ref[k]]
+    note = ("GFLOP is sam2's computation (the PyTorch reference), counted once; every row is "
+            "rated on it.")
+    if less:
+        note += (" The current export executes less, exactly (value projection folded into the "
+                 f"output projection): {', '.join(less)} GFLOP, so for engines built with it "
+                 "GFLOP/s and % peak are effective rates.")
+    return ["", note]
 
 
 def plot(rec: Dict, path: Path) -> None:

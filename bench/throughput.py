@@ -338,6 +338,19 @@ def _versions() -> dict:
     return out
 
 
+def reference_nets(model) -> Dict[str, object]:
+    """The PyTorch reference sub-networks: the exported wrappers, but memory
+    attention in sam2's order of operations (value projection not folded).
+
+    Their FLOPs are the work every variant is rated on (sam2's computation).
+    """
+    from export.subnets import MemoryAttentionNet, build_subnets, vision_pos_enc
+
+    nets = build_subnets(model)
+    nets["memory_attention"] = MemoryAttentionNet(model, vision_pos_enc(model), fold_values=False)
+    return {k: v.eval() for k, v in nets.items()}
+
+
 def run(args) -> dict:
     manifests = validate(args)
     import torch
@@ -353,10 +366,14 @@ def run(args) -> dict:
     peak = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
     peak_gflops = (peak["cuda"] or peak["cpu"])["gflops"] if args.backend == "tensorrt" else peak["cpu"]["gflops"]
     model = _model_for(m0)
-    nets = {k: v.eval() for k, v in build_subnets(model).items()}
+    nets = reference_nets(model)
     cases = stage_cases(args.shots_list)
     t = time.perf_counter()
-    flops = stage_flops(nets, specs, {n: {"stage": c["stage"], **_case_axes(c, specs)} for n, c in cases.items()})
+    axes = {n: {"stage": c["stage"], **_case_axes(c, specs)} for n, c in cases.items()}
+    flops = stage_flops(nets, specs, axes)
+    # Only memory attention's export differs from the reference computation.
+    exported = stage_flops(build_subnets(model), specs,
+                           {n: a for n, a in axes.items() if a["stage"] == "memory_attention"})
     print(f"[flops] counted in {time.perf_counter() - t:.1f}s: "
           + ", ".join(f"{k} {v / 1e9:.1f} GFLOP" for k, v in flops.items()), flush=True)
     imgs, masks = synthetic_images(size, max(args.shots_list) + 2, seed=0)
@@ -391,7 +408,7 @@ def run(args) -> dict:
                      "compare_pytorch": args.compare_pytorch, "torch_threads": torch.get_num_threads(),
                      "engines": [str(d) for d in args.engines]},
         "model": {k: m0["model"].get(k) for k in ("name", "sam2_version", "image_size", "kind")},
-        "peak": peak, "flops": flops, "variants": variants, "pytorch": pt,
+        "peak": peak, "flops": flops, "flops_export": exported, "variants": variants, "pytorch": pt,
     }
 
 

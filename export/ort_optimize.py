@@ -1,4 +1,15 @@
-"""Optional ONNX Runtime (CPU) graph post-processing: fuse exported attention.
+"""Optional ONNX graph post-processing for ONNX Runtime: fold constants, fuse attention.
+
+Two passes (:data:`PASSES`, run by :func:`optimize_for_ort` and the CLI):
+
+- ``fold`` (:func:`fold_constants`, exact, the default): replaces every
+  input-independent subgraph by its value. The TorchScript exporter leaves
+  ``Shape -> Gather -> ...`` chains in the graph wherever sam2 reads
+  ``x.shape`` and the batch axis is dynamic, so ORT cannot fold them itself:
+  Hiera's bicubic position-embedding ``Resize`` and every SDPA ``1/sqrt(d)``
+  scale run on every call.
+- ``fuse`` (:func:`fuse_attention`, opt-in): the fused-attention rewrite
+  below, measured slower on this CPU.
 
 Finding (hiera-tiny SAM2.1, fp32, 1024 px, ORT 1.31 CPU, AMD EPYC 2 cores,
 profiled with ``SessionOptions.enable_profiling``; 1 memory + 1 pointer)
@@ -22,8 +33,8 @@ measurements of 4.6 s were taken while another job shared the 2 cores.)
 Threads: intra_op 2 vs 1: 1.30 s vs 2.68 s (scales ~2x; keep ``threads=0``,
 which picks one per physical core).
 
-Fix tried, and its measured result
-----------------------------------
+Fused attention: tried, and its measured result
+-----------------------------------------------
 :func:`optimize_for_ort` replaces each ``MatMul -> Softmax -> MatMul`` chain
 (with the SDPA scale multiplications and the key transpose) by one
 ``com.microsoft.MultiHeadAttention`` contrib op, whose CPU kernel computes
@@ -47,16 +58,16 @@ MultiHeadAttention kernels themselves take ~20% less than the unfused
 MatMul/Softmax chains, but ORT then runs the projections/MLP as ``Gemm`` at
 ~390 ms instead of ~25 ms (its MatMul/Transpose fusions around the rewritten
 region change), which more than eats the gain. A real speed-up needs fewer
-FLOPs, e.g. folding ``v_proj`` of the 64-d memories into ``out_proj`` so the
-PV product of cross attention runs at d=64 (~19% fewer FLOPs at one memory,
-more with several), or a faster GEMM (fp16/bf16 hardware, GPU). Keep this rewrite
-opt-in (``python -m export.ort_optimize ... --verify``) and benchmark it per
+FLOPs (export/rope.py now folds ``v_proj`` into ``out_proj``, so the PV
+product of cross attention runs at d=64) or a faster GEMM (fp16/bf16
+hardware, GPU). Keep this rewrite opt-in (``--passes fold,fuse``) and benchmark it per
 target: on CPUs/GPU execution providers with a fast MultiHeadAttention kernel
 it avoids the O(N_q x N_k) memory.
 
 Usage::
 
-    python -m export.ort_optimize engines/x/memory_attention.onnx out.onnx --stage memory_attention
+    python -m export.ort_optimize engines/x/image_encoder.onnx out.onnx --stage image_encoder --verify
+    python -m export.ort_optimize engines/x/memory_attention.onnx out.onnx --passes fold,fuse
 """
 
 from __future__ import annotations
@@ -67,7 +78,7 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -165,6 +176,33 @@ def _find_attention(g: _Graph):
                "q_scale": sq, "k_scale": sk, "scaled": mq is not None or mk is not None}
 
 
+def _outer_refs(graph: onnx.GraphProto) -> List[str]:
+    """Names a subgraph (``If`` branch, ``Loop`` body) reads from its enclosing scopes."""
+    defined = {i.name for i in graph.initializer} | {i.name for i in graph.input}
+    refs = []
+    for n in graph.node:
+        refs += [i for i in _node_inputs(n) if i and i not in defined]
+        defined.update(n.output)
+    return refs
+
+
+def _node_inputs(node: onnx.NodeProto) -> List[str]:
+    """``node``'s inputs, including the outer-scope names its subgraphs read."""
+    subs = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    subs += [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+    return list(node.input) + [r for g in subs for r in _outer_refs(g)]
+
+
+def _rename_inputs(node: onnx.NodeProto, renamed: Dict[str, str]) -> None:
+    """Rename ``node``'s inputs (and those of its subgraphs' nodes) by ``renamed``."""
+    for k, i in enumerate(node.input):
+        node.input[k] = renamed.get(i, i)
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                _rename_inputs(n, renamed)
+
+
 def _prune(graph: onnx.GraphProto) -> int:
     """Remove nodes and initializers no graph output depends on; returns nodes removed."""
     needed = {o.name for o in graph.output}
@@ -172,7 +210,7 @@ def _prune(graph: onnx.GraphProto) -> int:
     for n in reversed(graph.node):
         if any(o in needed for o in n.output):
             keep.append(n)
-            needed.update(i for i in n.input if i)
+            needed.update(i for i in _node_inputs(n) if i)
     removed = len(graph.node) - len(keep)
     del graph.node[:]
     graph.node.extend(reversed(keep))
@@ -221,7 +259,7 @@ def fuse_attention(model: onnx.ModelProto) -> Dict[str, object]:
         shp4 = p + "/shape4"
         model.graph.initializer.extend([
             numpy_helper.from_array(np.array([0, 0, -1], np.int64), shp3),
-            numpy_helper.from_array(np.array([0, 0, heads, d], np.int64), shp4),
+            numpy_helper.from_array(np.array([0, 0, heads, -1], np.int64), shp4),
         ])
         nodes = []
         flat = {}
@@ -256,27 +294,185 @@ def fuse_attention(model: onnx.ModelProto) -> Dict[str, object]:
             "attention": fused}
 
 
-def optimize_for_ort(onnx_path: str | os.PathLike, out_path: str | os.PathLike, stage: str) -> dict:
-    """Write an ONNX-Runtime-optimised copy of ``onnx_path`` to ``out_path``.
+# Ops never folded: random draws.
+_NO_FOLD_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                "Multinomial", "Bernoulli"}
 
-    ``stage`` names the sub-network (``runtime.spec.STAGES``); stages with no
-    attention pattern are copied unchanged. Returns a report: ``stage``,
-    ``fused_attention`` (count), ``nodes_before``/``nodes_after``, ``skipped``.
-    The output is written atomically.
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _pick_dims(g: _Graph, node: onnx.NodeProto, dims: List[Optional[int]]) -> Optional[np.ndarray]:
+    """The dims (None = dynamic) a constant ``Gather``/``Slice`` on axis 0 takes from a shape."""
+    args = [g.const_value(i) if i else np.array([]) for i in node.input[1:]]
+    if any(a is None for a in args):
+        return None
+    if node.op_type == "Gather" and _attr(node, "axis", 0) == 0:
+        return np.asarray(np.array(dims, dtype=object)[args[0]], dtype=object)
+    if node.op_type == "Slice" and len(args) >= 2:
+        axes = args[2] if len(args) > 2 and args[2].size else np.zeros(1, np.int64)
+        steps = args[3] if len(args) > 3 and args[3].size else np.ones(1, np.int64)
+        if axes.size == 1 and int(axes[0]) in (0, -1):
+            return np.array(dims[int(args[0][0]):int(args[1][0]):int(steps[0])], dtype=object)
+    return None
+
+
+def _static_shape_values(model: onnx.ModelProto, g: _Graph) -> Dict[str, np.ndarray]:
+    """Values of ``Shape``, ``Gather(Shape)`` and ``Slice(Shape)`` outputs fixed by static dims.
+
+    ``x [batch, 256, 256, 96]`` with a dynamic batch gives no constant
+    ``Shape(x)``, but ``Gather(Shape(x), 1)`` is the constant 256. Dimensions
+    come from ORT's symbolic shape inference.
+    """
+    inferred = _infer_shapes(model)
+    vi_map = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    out: Dict[str, np.ndarray] = {}
+    for n in g.g.node:
+        dims = _static_shape(vi_map, n.input[0]) if n.op_type == "Shape" else None
+        if dims is None:
+            continue
+        dims = dims[_attr(n, "start", 0):_attr(n, "end")]
+        if None not in dims:
+            out[n.output[0]] = np.array(dims, np.int64)
+            continue
+        for c in g.consumers.get(n.output[0], []):
+            picked = _pick_dims(g, c, dims) if c.input[0] == n.output[0] else None
+            if picked is not None and None not in picked.reshape(-1).tolist():
+                out[c.output[0]] = picked.astype(np.int64)
+    return out
+
+
+def _constant_nodes(g: _Graph, known: Dict[str, np.ndarray]):
+    """Nodes (in graph order) whose inputs are all constant (initializers,
+    ``Constant`` outputs, ``known`` shape values or outputs of such nodes), and
+    the aliases ``{output: source}`` of ``Identity`` nodes on constants (the
+    exporter's copies of shared weights: renamed, never duplicated)."""
+    const = set(g.inits) | set(known)
+    nodes, alias = [], {}
+    for n in g.g.node:
+        if n.op_type == "Constant":
+            const.update(n.output)
+        elif n.op_type == "Identity" and n.input[0] in const:
+            alias[n.output[0]] = alias.get(n.input[0], n.input[0])
+            const.add(n.output[0])
+        elif (n.op_type not in _NO_FOLD_OPS and not set(n.output) & set(known)
+              and all(not i or i in const for i in _node_inputs(n))):
+            nodes.append(n)
+            const.update(n.output)
+    return nodes, alias
+
+
+def _evaluate(model: onnx.ModelProto, nodes: List[onnx.NodeProto], alias: Dict[str, str],
+              known: Dict[str, np.ndarray], names: List[str]) -> Dict[str, np.ndarray]:
+    """Run ``nodes`` (no graph inputs) in ONNX Runtime with optimisations off; values of ``names``."""
+    import onnxruntime as ort
+
+    consts = [n for n in model.graph.node if n.op_type == "Constant"]
+    copies = [helper.make_node("Identity", [src], [out]) for out, src in alias.items()]
+    used = {i for n in nodes + copies for i in _node_inputs(n)}
+    inits = [i for i in model.graph.initializer if i.name in used]
+    inits += [numpy_helper.from_array(v, k) for k, v in known.items() if k in used or k in names]
+    graph = helper.make_graph(consts + copies + nodes, "fold", [],
+                              [onnx.ValueInfoProto(name=n) for n in names], inits)
+    sub = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(sub.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return dict(zip(names, sess.run(names, {})))
+
+
+def fold_constants(model: onnx.ModelProto, max_bytes: int = 64 << 20, rounds: int = 4
+                   ) -> Dict[str, object]:
+    """Replace every input-independent subgraph of ``model`` (in place) by its value.
+
+    The TorchScript exporter keeps a computation in the graph whenever a
+    dimension is read with ``x.shape`` and a dynamic axis (batch) makes
+    ``Shape(x)`` non-constant, even when only static dimensions are used.
+    In SAM2 that is Hiera's bicubic position embedding (a ``Resize`` of a
+    ``[1,96,7,7]`` parameter to ``[1,96,256,256]`` at 1024 px, ~8% of the
+    image encoder's time in ONNX Runtime) and every ``1/sqrt(d)`` attention
+    scale (which, once constant, ORT fuses into the ``MatMul``). Values are
+    computed once with ONNX Runtime's own kernels, so the graph computes the
+    same numbers; constants above ``max_bytes`` stay computed at run time.
+    Repeats (up to ``rounds``) while a round folds something: shapes behind a
+    folded ``Resize`` only become static after it.
+
+    Returns ``{"folded": n, "folded_bytes": b, "skipped_large": [...], "nodes_removed": r}``.
+    """
+    total = {"folded": 0, "folded_bytes": 0, "skipped_large": [], "nodes_removed": 0, "rounds": 0}
+    for _ in range(rounds):
+        r = _fold_round(model, max_bytes)
+        total["rounds"] += 1
+        for k in ("folded", "folded_bytes", "nodes_removed"):
+            total[k] += r[k]
+        total["skipped_large"] = r["skipped_large"]
+        if not r["folded"]:
+            break
+    return total
+
+
+def _fold_round(model: onnx.ModelProto, max_bytes: int) -> Dict[str, object]:
+    """One pass of :func:`fold_constants`."""
+    g = _Graph(model.graph)
+    known = _static_shape_values(model, g)
+    nodes, alias = _constant_nodes(g, known)
+    inner = {id(n) for n in nodes} | {id(n) for n in model.graph.node
+                                      if n.op_type == "Constant" or n.output[0] in alias}
+    computed = {o for n in nodes for o in n.output} | set(known)
+    outputs = {o.name for o in model.graph.output}
+    consumed = {i for n in model.graph.node if id(n) not in inner for i in _node_inputs(n)} - outputs
+    consumed |= {alias[i] for i in consumed if i in alias}
+    frontier = sorted(consumed & computed)
+    values = _evaluate(model, nodes, alias, known, frontier) if frontier else {}
+    renamed = {}
+    skipped, size = [], 0
+    for name, v in values.items():
+        if v.nbytes > max_bytes:
+            skipped.append({"tensor": name, "bytes": int(v.nbytes)})
+            continue
+        renamed[name] = f"{name}__folded"
+        model.graph.initializer.append(numpy_helper.from_array(v, renamed[name]))
+        size += int(v.nbytes)
+    renamed.update({k: renamed.get(v, v) for k, v in alias.items() if k in consumed})
+    for n in model.graph.node:
+        if id(n) not in inner:
+            _rename_inputs(n, renamed)
+    return {"folded": len(values) - len(skipped), "folded_bytes": size, "skipped_large": skipped,
+            "nodes_removed": _prune(model.graph)}
+
+
+PASSES = {"fold": fold_constants, "fuse": fuse_attention}
+
+
+def optimize_for_ort(onnx_path: str | os.PathLike, out_path: str | os.PathLike, stage: str,
+                     passes: Sequence[str] = ("fold",)) -> dict:
+    """Write an optimised copy of ``onnx_path`` to ``out_path`` (atomically).
+
+    ``stage`` names the sub-network (``runtime.spec.STAGES``); ``passes`` run
+    in order, from :data:`PASSES`: ``fold`` (:func:`fold_constants`, exact)
+    and ``fuse`` (:func:`fuse_attention`, measured slower on the CPU).
+    Returns ``stage``, ``nodes_before``/``nodes_after``, ``source``,
+    ``output`` and each pass's own report under its name.
     """
     from runtime.fileio import atomic_path
     from runtime.spec import STAGES
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+    unknown = [p for p in passes if p not in PASSES]
+    if unknown or not passes:
+        raise ValueError(f"unknown passes {unknown or list(passes)}; choose from {list(PASSES)}")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path} does not exist")
     model = onnx.load(os.fspath(onnx_path))
-    before = len(model.graph.node)
-    report = fuse_attention(model)
-    report.update(stage=stage, nodes_before=before, nodes_after=len(model.graph.node),
-                  source=str(onnx_path), output=str(out_path))
+    report = {"stage": stage, "nodes_before": len(model.graph.node),
+              "source": str(onnx_path), "output": str(out_path)}
+    for name in passes:
+        report[name] = PASSES[name](model)
+    report["nodes_after"] = len(model.graph.node)
     with atomic_path(out_path) as tmp:
         onnx.save(model, os.fspath(tmp))
     return report
@@ -306,15 +502,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("onnx", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--stage", default="memory_attention")
+    ap.add_argument("--passes", default="fold", help=f"comma separated, in order: {', '.join(PASSES)}")
     ap.add_argument("--verify", action="store_true", help="compare outputs with the original in ORT")
     args = ap.parse_args(argv)
     try:
-        rep = optimize_for_ort(args.onnx, args.out, args.stage)
+        rep = optimize_for_ort(args.onnx, args.out, args.stage, args.passes.split(","))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.stage}: fused {rep['fused_attention']} attention blocks, "
-          f"{rep['nodes_before']} -> {rep['nodes_after']} nodes -> {args.out}")
+    done = []
+    if "fold" in rep:
+        done.append(f"folded {rep['fold']['folded']} constant tensors "
+                    f"({rep['fold']['folded_bytes'] / 2 ** 20:.1f} MiB)")
+    if "fuse" in rep:
+        done.append(f"fused {rep['fuse']['fused_attention']} attention blocks")
+    print(f"{args.stage}: {', '.join(done)}, {rep['nodes_before']} -> {rep['nodes_after']} nodes "
+          f"-> {args.out}")
     if args.verify:
         print(f"rel L2 vs original: {verify(args.onnx, args.out, args.stage):.2e}")
     return 0

@@ -76,9 +76,11 @@ class MemoryAttentionNet(nn.Module):
     ``conditioned_feat [1,256,h,w]``. Each pointer becomes 4 tokens of 64
     (sam2's split for ``mem_dim < hidden_dim``); RoPE on spatial keys only.
     The current frame's sine position encoding is a graph constant.
+    ``fold_values`` folds each single-head attention's value projection into
+    its output projection (exact; see :class:`RealRoPEAttention`).
     """
 
-    def __init__(self, sam: nn.Module, vision_pos_enc: torch.Tensor):
+    def __init__(self, sam: nn.Module, vision_pos_enc: torch.Tensor, fold_values: bool = True):
         super().__init__()
         ma = sam.memory_attention
         if not ma.batch_first:
@@ -88,9 +90,10 @@ class MemoryAttentionNet(nn.Module):
         self.layers = ma.layers
         self.norm = ma.norm
         self.self_attns = nn.ModuleList(
-            RealRoPEAttention(l.self_attn, side, rope_theta(l.self_attn)) for l in ma.layers)
+            RealRoPEAttention(l.self_attn, side, rope_theta(l.self_attn), fold_values)
+            for l in ma.layers)
         self.cross_attns = nn.ModuleList(
-            RealRoPEAttention(l.cross_attn_image, side, rope_theta(l.cross_attn_image))
+            RealRoPEAttention(l.cross_attn_image, side, rope_theta(l.cross_attn_image), fold_values)
             for l in ma.layers)
         # [1,256,h,w] -> [1,hw,256]
         self.register_buffer("curr_pos", vision_pos_enc.flatten(2).transpose(1, 2).contiguous(),

@@ -1,17 +1,102 @@
-"""export.ort_optimize: the fused-attention rewrite keeps outputs within rel L2 1e-5."""
+"""export.ort_optimize: constant folding (exact) and the fused-attention rewrite keep outputs."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-from export.ort_optimize import MS_DOMAIN, main, optimize_for_ort, verify
+from export.ort_optimize import MS_DOMAIN, fold_constants, main, optimize_for_ort, verify
+
+
+def _run(model: onnx.ModelProto, feeds):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _shape_scaled_model() -> onnx.ModelProto:
+    """``x [batch,3,4]`` -> ``x / sqrt(dim 2) + Resize(pe [1,1,2,2] -> [1,1,3,4])[0]``.
+
+    The scale and the resize sizes come from ``Shape(x)`` (dynamic batch), as
+    the TorchScript exporter writes ``x.shape[-1] ** -0.5`` and Hiera's
+    position embedding.
+    """
+    pe = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i2"], ["d"], axis=0),
+        helper.make_node("Cast", ["d"], ["d_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["d_f"], ["sqrt_d"]),
+        helper.make_node("Div", ["x", "sqrt_d"], ["scaled"]),
+        helper.make_node("Slice", ["shape", "one", "three"], ["hw"]),
+        helper.make_node("Concat", ["n1c1", "hw"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["pe", "", "", "sizes"], ["pe_big"], mode="cubic"),
+        helper.make_node("Squeeze", ["pe_big", "zero"], ["pe_3d"]),
+        helper.make_node("Add", ["scaled", "pe_3d"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(2, np.int64), "i2"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([3], np.int64), "three"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1, 1], np.int64), "n1c1"),
+             numpy_helper.from_array(pe, "pe")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_fold_constants_removes_shape_only_chains_exactly():
+    model = _shape_scaled_model()
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    ref = _run(model, {"x": x})[0]
+    rep = fold_constants(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Div", "Add"]
+    assert rep["folded"] == 2 and rep["folded_bytes"] == 4 + 3 * 4 * 4
+    for batch in (1, 2, 5):  # still dynamic in batch
+        xb = np.resize(x, (batch, 3, 4))
+        np.testing.assert_array_equal(_run(model, {"x": xb})[0], _run(_shape_scaled_model(), {"x": xb})[0])
+    np.testing.assert_array_equal(_run(model, {"x": x})[0], ref)
+
+
+def test_fold_constants_leaves_large_constants_and_data_paths():
+    model = _shape_scaled_model()
+    rep = fold_constants(model, max_bytes=8)
+    assert [s["bytes"] for s in rep["skipped_large"]] == [48]  # the resized embedding stays
+    assert "Resize" in [n.op_type for n in model.graph.node]
+    assert "Sqrt" not in [n.op_type for n in model.graph.node]
+
+
+def test_image_encoder_position_embedding_folded(tiny_engines, tmp_path):
+    out = tmp_path / "ie.onnx"
+    rep = optimize_for_ort(tiny_engines / "image_encoder.onnx", out, "image_encoder")
+    def resized(path):
+        return [n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "Resize"]
+
+    assert any("pos_embed" in i for i in resized(tiny_engines / "image_encoder.onnx"))
+    assert resized(out) and not any("pos_embed" in i for i in resized(out))  # FPN upsampling stays
+    assert rep["fold"]["folded"] > 0 and rep["nodes_after"] < rep["nodes_before"]
+    assert verify(tiny_engines / "image_encoder.onnx", out, "image_encoder", {"batch": 2}) < 1e-5
+
+
+def test_memory_attention_folded_and_equal(tiny_engines, tmp_path):
+    out = tmp_path / "ma.onnx"
+    rep = optimize_for_ort(tiny_engines / "memory_attention.onnx", out, "memory_attention")
+    assert rep["nodes_after"] < rep["nodes_before"] // 2
+    for axes in ({"num_mem": 1, "num_ptr": 1}, {"num_mem": 3, "num_ptr": 5}):
+        assert verify(tiny_engines / "memory_attention.onnx", out, "memory_attention", axes) < 1e-5
 
 
 def test_memory_attention_fused_and_equal(tiny_engines, tmp_path):
     out = tmp_path / "ma.onnx"
-    rep = optimize_for_ort(tiny_engines / "memory_attention.onnx", out, "memory_attention")
-    assert rep["fused_attention"] == 8  # 4 layers x (self + cross)
+    rep = optimize_for_ort(tiny_engines / "memory_attention.onnx", out, "memory_attention",
+                           passes=("fold", "fuse"))
+    assert rep["fuse"]["fused_attention"] == 8  # 4 layers x (self + cross)
     m = onnx.load(str(out))
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("MultiHeadAttention") == 8 and "Softmax" not in ops
@@ -22,14 +107,19 @@ def test_memory_attention_fused_and_equal(tiny_engines, tmp_path):
 
 def test_stage_without_attention_unchanged(tiny_engines, tmp_path):
     out = tmp_path / "me.onnx"
-    rep = optimize_for_ort(tiny_engines / "memory_encoder.onnx", out, "memory_encoder")
-    assert rep["fused_attention"] == 0
+    rep = optimize_for_ort(tiny_engines / "memory_encoder.onnx", out, "memory_encoder", passes=("fuse",))
+    assert rep["fuse"]["fused_attention"] == 0
     assert verify(tiny_engines / "memory_encoder.onnx", out, "memory_encoder") == 0.0
 
 
 def test_bad_input(tiny_engines, tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         optimize_for_ort(tiny_engines / "memory_attention.onnx", tmp_path / "x.onnx", "nope")
+    with pytest.raises(ValueError, match="unknown passes"):
+        optimize_for_ort(tiny_engines / "memory_attention.onnx", tmp_path / "x.onnx",
+                         "memory_attention", passes=("fold", "nope"))
     with pytest.raises(FileNotFoundError):
         optimize_for_ort(tmp_path / "missing.onnx", tmp_path / "x.onnx", "memory_attention")
     assert main([str(tmp_path / "missing.onnx"), str(tmp_path / "x.onnx")]) == 2
+    assert main([str(tiny_engines / "memory_attention.onnx"), str(tmp_path / "x.onnx"),
+                 "--passes", "nope"]) == 2

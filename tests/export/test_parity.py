@@ -56,6 +56,28 @@ def test_memory_attention_matches_sam2_module(tiny_model):
     assert ((ours - ref).norm() / ref.norm()).item() < 1e-5
 
 
+def test_value_projection_folded_exactly(tiny_model):
+    """Single-head attention folds v_proj into out_proj; same output as sam2's order."""
+    import torch
+
+    from export.subnets import MemoryAttentionNet, vision_pos_enc
+
+    pos = vision_pos_enc(tiny_model)
+    folded = MemoryAttentionNet(tiny_model, pos).eval()
+    plain = MemoryAttentionNet(tiny_model, pos, fold_values=False).eval()
+    assert all(a.fold_values for a in list(folded.self_attns) + list(folded.cross_attns))
+    assert not any(a.fold_values for a in list(plain.self_attns) + list(plain.cross_attns))
+    assert folded.cross_attns[0].vo_weight.shape == (256, 64)  # A @ V at the memories' width
+    g = torch.Generator().manual_seed(1)
+    e = pos.shape[-1]
+    args = (torch.randn(1, 256, e, e, generator=g), torch.randn(2, 64, e, e, generator=g),
+            torch.randn(2, 64, e, e, generator=g), torch.randn(3, 256, generator=g),
+            torch.randn(3, 64, generator=g))
+    with torch.no_grad():
+        a, b = folded(*args), plain(*args)
+    assert ((a - b).norm() / b.norm()).item() < 1e-6
+
+
 @pytest.mark.fullsize
 def test_every_stage_at_1024(tmp_path):
     from export.assembly import assemble
