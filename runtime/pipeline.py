@@ -118,12 +118,13 @@ class FewShotSegmenter:
             m = check_mask(mask, rgb.shape[:2])
             enc = eng.encode_image(rgb)
             ref = eng.mask_as_output(enc, (mask_to_model_size(m, self.size) > 0).astype(np.float32))
-            ref.maskmem = eng.memory_from_low_res(enc, ref, from_points=False)
+            ref.maskmem = eng.memory_from_low_res(enc, ref, binarize=False)
         else:
             coords, labs = eng.prompt(points, labels, box, rgb.shape[:2])
             enc = eng.encode_image(rgb)
             ref = eng.heads(eng.no_memory_feat(enc), enc, coords, labs, None, multimask=False)
-            ref.maskmem = eng.memory_from_low_res(enc, ref, from_points=True)
+            ref.maskmem = eng.memory_from_low_res(
+                enc, ref, binarize=eng.cfg["binarize_mask_from_pts_for_mem_enc"])
         self._refs.setdefault(concept, []).append(ref)
         self._feeds.pop(concept, None)
 

@@ -128,12 +128,17 @@ class Sam2Engines:
     def upload_memory(self, host: Mapping[str, np.ndarray]) -> Dict[str, Any]:
         """Memory-attention inputs (host arrays) -> backend-native, checked against the profiles."""
         for name, axis in (("mem_feats", "num_mem"), ("obj_ptrs", "num_ptr")):
-            n, hi = len(host[name]), self.axis_max(axis)
+            n = len(host[name])
+            lo, _, hi = self.manifest["axis_ranges"][axis]
+            what = "memories" if axis == "num_mem" else "object pointers"
             if n > hi:
                 raise InputError(
-                    f"{n} {'memories' if axis == 'num_mem' else 'object pointers'} to attend to, "
-                    f"but the engines were built for at most {hi} ({axis}); prompt fewer frames "
-                    "or rebuild with larger profiles")
+                    f"{n} {what} to attend to, but the engines were built for at most {hi} "
+                    f"({axis}); prompt fewer frames or rebuild with larger profiles")
+            if n < lo and self.backend != "onnxruntime":
+                raise InputError(
+                    f"{n} {what} to attend to, but the {self.backend} engines need at least {lo} "
+                    f"({axis}); prompt every object on the first frame it is tracked in")
         r = self.runners["memory_attention"]
         return {n: r.upload(np.ascontiguousarray(a, np.float32)) for n, a in host.items()}
 
@@ -151,11 +156,12 @@ class Sam2Engines:
         return maskmem.astype(np.float32)
 
     def memory_from_low_res(self, enc: Mapping[str, Any], out: FrameOutput,
-                            from_points: bool) -> np.ndarray:
+                            binarize: bool) -> np.ndarray:
         """sam2's ``_encode_new_memory`` from a stored low-res mask: plain bilinear
-        up to S, binarised when the mask came from clicks and the config says so."""
+        up to S, then binarised (masks from clicks, where the config says so) or
+        not (sigmoid of the logits, in the graph)."""
         high = resize_bilinear(out.low_res, (self.size, self.size), antialias=False)
-        if from_points and self.cfg["binarize_mask_from_pts_for_mem_enc"]:
+        if binarize:
             high = np.where(high > 0, BINARIZED_LOGIT, -BINARIZED_LOGIT).astype(np.float32)
         return self.encode_memory(enc, high, out.score)
 
