@@ -66,8 +66,31 @@ def test_mask_downsample_matches_conv():
 
 
 def test_runtime_never_imports_torch():
-    code = ("import sys, runtime, runtime.segment, runtime.backends.onnxruntime, "
+    code = ("import sys, runtime, runtime.segment, runtime.tracker, runtime.image_predictor, "
+            "runtime.backends.onnxruntime, "
             "runtime.backends.tensorrt, runtime.backends.cuda\n"
             "bad = [m for m in ('torch', 'sam2', 'export', 'calib') if m in sys.modules]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bfloat16_rounding_matches_torch():
+    from runtime.tracker import round_to_bfloat16
+
+    x = np.random.default_rng(2).standard_normal(10000).astype(np.float32) * 10
+    x[:4] = [0.0, -0.0, 1.00390625, 1.01171875]  # exact halfway cases: ties to even
+    ref = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(round_to_bfloat16(x), ref)
+
+
+@pytest.mark.parametrize("max_cond", [-1, 2, 3])
+def test_closest_cond_frames_matches_sam2(max_cond):
+    from sam2.modeling.sam2_utils import select_closest_cond_frames
+
+    from runtime.memory import closest_cond_frames
+
+    cond = {t: None for t in (0, 7, 12, 30, 31)}
+    for frame_idx in (0, 5, 12, 20, 40):
+        ref_sel, ref_unsel = select_closest_cond_frames(frame_idx, cond, max_cond)
+        sel, unsel = closest_cond_frames(frame_idx, list(cond), max_cond)
+        assert sorted(sel) == sorted(ref_sel) and sorted(unsel) == sorted(ref_unsel)
