@@ -258,7 +258,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         t = time.time()
         _log(f"[{i}/{n}] {name}: exporting ONNX (opset 17) ...")
-        export_onnx(nets[name], spec, path, axes={"batch": min(2, args.max_batch)})
+        try:
+            export_onnx(nets[name], spec, path, axes={"batch": min(2, args.max_batch)})
+        except ValueError as e:  # onnx.checker on a > 2 GB protobuf
+            if "2GB" not in str(e):
+                raise
+            _fail(f"{name}: the graph is larger than ONNX's 2 GB protobuf limit at these settings; "
+                  "export it in parts with --split")
         _log(f"[{i}/{n}] {name}: exported in {time.time() - t:.1f}s; verifying in ONNX Runtime ...")
         parity = check_parity(nets[name], spec, path, parity_batches(args.max_batch))
         ok = parity["rel_l2"] <= FP32_PARITY_GATE
@@ -329,6 +335,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         manifest["status"] = "failed"
         manifest["status_reason"] = (f"fp32 parity above {FP32_PARITY_GATE} for "
                                      f"{failed or ['end to end']}")
+    elif fp16 is not None and not fp16["passed"]:
+        # As the int8 gate: a folder whose FP16 engines would miss the gate is refused.
+        manifest["status"] = "failed"
+        manifest["status_reason"] = f"FP16 policy outside its gate ({fp16['gate']}); {fp16['suggestion']}"
 
     from export.engines import build_engines
 
@@ -391,8 +401,32 @@ def measure_fp16(specs, records, precisions, out: Path, fp32_runners, images, fp
     log(f"[fp16] {summary} vs fp32 ({'within' if rec['passed'] else 'OUTSIDE'} the gate) "
         f"in {time.time() - t:.0f}s")
     if not rec["passed"]:
-        log("[fp16] consider --split with --fp32-parts for the part that loses the most")
+        rec["suggestion"] = _fp16_suggestion(specs, records, precisions, out, fp32_runners, images,
+                                             fp32_out, kind)
+        log(f"[fp16] GATE FAILED: {rec['suggestion']}")
     return rec
+
+
+def _fp16_suggestion(specs, records, precisions, out, fp32_runners, images, fp32_out, kind) -> str:
+    """Which setting to rebuild with: for split builds, the fp16 part that alone loses the most."""
+    fp16_parts = [k for k, p in precisions.items() if p == "fp16"]
+    if len(specs) == 1:
+        return ("rebuild with --precision fp32" + ("" if kind == "features" else
+                ", or with --split and --fp32-parts for the encoder that loses the most"))
+    from calib.fp16 import fp16_runner
+    from runtime.dense import run_parts
+
+    worst, key = {}, "rel_l2" if kind == "features" else "prob_max_abs"
+    with tempfile.TemporaryDirectory(prefix="fp16-", dir=out) as work:
+        for k in fp16_parts:
+            r = fp16_runner(specs[k], out / records[k]["onnx"]["file"], work, mode="emulated")
+            got = run_parts({**fp32_runners, k: r}, specs, {"image": images})
+            r.deactivate()
+            worst[k] = compare_chain({n: got[n] for n in fp32_out}, fp32_out, kind)[key]
+    k = max(worst, key=worst.get)
+    keep = sorted({p for p, v in precisions.items() if v == "fp32"} | {k})
+    return (f"alone in fp16, {', '.join(f'{p} gives {key} {v:.2e}' for p, v in worst.items())}: "
+            f"rebuild with --split --fp32-parts {','.join(keep)} (or --precision fp32)")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,29 @@ def test_fp16_policy_error_is_measured():
     assert fp16["prob_max_abs"] <= fp16["gate"]["prob_max_abs"] and fp16["passed"]
 
 
+def test_fp16_gate_refuses_the_folder_and_names_the_part(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import export.dense.build as dense_build
+
+    d = tmp_path / "unext"
+    shutil.copytree(built("unext-split-fp16"), d)
+    monkeypatch.setattr(dense_build, "FP16_PROB_GATE", 1e-9)  # no FP16 result can pass this
+    rc = main(["--model", "sam2-unext", "--dino-config", "tiny", "--split", "--precision", "fp16",
+               "--trunk", "tiny", "--image-size", str(SIZE), "--random-weights", "--max-batch", "2",
+               "--skip-tensorrt", "--out", str(d)])
+    m = json.loads((d / "manifest.json").read_text())
+    assert rc == 1 and m["status"] == "failed" and not m["fp16"]["passed"]
+    assert "up to date, reusing sam_encoder.onnx" in capsys.readouterr().out
+    assert "--split --fp32-parts" in m["status_reason"]
+    assert "sam_encoder gives" in m["fp16"]["suggestion"] and "dino_encoder gives" in m["fp16"]["suggestion"]
+    from runtime.dense import DenseSegmenter
+    from runtime.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match="status='failed'"):
+        DenseSegmenter.load(d)
+
+
 def test_onnx_matches_the_pytorch_model_on_a_fresh_input():
     """Independent of the build's own check: the exported decoder vs the PyTorch decode()."""
     from export.onnx_export import ort_session
