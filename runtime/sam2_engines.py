@@ -135,10 +135,8 @@ class Sam2Engines:
                 raise InputError(
                     f"{n} {what} to attend to, but the engines were built for at most {hi} "
                     f"({axis}); prompt fewer frames or rebuild with larger profiles")
-            if n < lo and self.backend != "onnxruntime":
-                raise InputError(
-                    f"{n} {what} to attend to, but the {self.backend} engines need at least {lo} "
-                    f"({axis}); prompt every object on the first frame it is tracked in")
+            if n < lo:
+                raise InputError(f"{n} {what} to attend to, but the engines need at least {lo} ({axis})")
         r = self.runners["memory_attention"]
         return {n: r.upload(np.ascontiguousarray(a, np.float32)) for n, a in host.items()}
 

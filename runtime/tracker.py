@@ -236,11 +236,16 @@ class VideoTracker:
         base_pos = consts["maskmem_pos_enc"][0]
         tpos = consts["maskmem_tpos_enc"]
         t_max = num_frames if num_frames is not None else cfg["max_obj_ptrs_in_encoder"]
+        if cfg["use_obj_ptrs_in_encoder"] and not ptrs:
+            raise InputError(
+                f"frame {frame_idx} comes before an object's first prompt (frame "
+                f"{min(obj.prompted)}): sam2 cannot track an object before it is prompted; "
+                "prompt every object on the first frame to track")
         ptr_list = [obj.output(t).obj_ptr for t, _ in ptrs]
         host = {
             "mem_feats": np.stack([obj.output(t).maskmem for t, _ in mems]),
             "mem_pos": np.stack([base_pos + tpos[i][:, None, None] for _, i in mems]),
-            "obj_ptrs": np.stack(ptr_list) if ptr_list else np.zeros((0, cfg["hidden_dim"]), np.float32),
+            "obj_ptrs": np.stack(ptr_list),
             "obj_ptr_pos": pointer_pos_enc([d for _, d in ptrs], t_max, cfg, consts).reshape(-1, cfg["mem_dim"]),
         }
         cond = eng.condition(enc, eng.upload_memory(host))

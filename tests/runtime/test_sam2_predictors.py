@@ -222,6 +222,11 @@ def test_tracker_and_predictor_reject_bad_input(stock):
         with pytest.raises(InputError, match="after propagate"):
             trk.add_prompt(1, 1, frame, points=[[60, 80]], labels=[1])
         trk.reset()
+        trk.add_prompt(0, 1, frame, points=[[60, 80]], labels=[1])
+        trk.add_prompt(2, 2, frame, box=[150, 30, 210, 90])
+        with pytest.raises(InputError, match="frame 0 comes before an object's first prompt"):
+            list(trk.propagate([frame] * 3))
+        trk.reset()
         with pytest.raises(InputError, match="mask is"):
             trk.add_prompt(0, 1, frame, mask=np.ones((10, 10), bool))
     with ImagePredictor.load(engines, backend="onnxruntime") as pred:
