@@ -146,3 +146,24 @@ def test_bad_options_fail_with_a_message(tmp_path, capsys, args, message):
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_engines_are_built_per_part_precision():
+    """--split --fp32-parts: one TensorRT build call per precision, each with its parts."""
+    from types import SimpleNamespace
+
+    from export.dense.build import _build_engines
+
+    calls = []
+
+    def fake_build_engines(out, specs, records, ns, previous, log):
+        calls.append((ns.precision, list(specs), ns.no_fp32_norm))
+        return {"built": True, "engines": {k: f"{k}.{ns.precision}.engine" for k in specs}}
+
+    specs = {"sam_encoder": 1, "dino_encoder": 2, "decoder": 3}
+    precisions = {"sam_encoder": "fp16", "dino_encoder": "fp32", "decoder": "fp16"}
+    args = SimpleNamespace(skip_tensorrt=False, no_fp32_norm=False)
+    info = _build_engines(None, specs, {}, precisions, args, {}, print, fake_build_engines)
+    assert calls == [("fp16", ["sam_encoder", "decoder"], False), ("fp32", ["dino_encoder"], False)]
+    assert info["engines"] == {"sam_encoder": "sam_encoder.fp16.engine", "decoder": "decoder.fp16.engine",
+                               "dino_encoder": "dino_encoder.fp32.engine"}
