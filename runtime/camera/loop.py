@@ -10,10 +10,12 @@ No module-level state: everything lives in a :class:`CameraLoop` instance.
 * Files / image folders: puts block, nothing is dropped, the run ends when the
   source ends and every frame has been rendered.
 
-The segmenter is anything with ``segment(rgb) -> SegmentationResult``
-(normally :class:`runtime.pipeline.FewShotSegmenter`); the loop does not own
-it (the caller closes it). Timings of every stage of every frame are kept in
-bounded windows and summarised as median / p90 at the end.
+What inference does is a pluggable :class:`~runtime.camera.steps.InferenceStep`:
+few-shot segmentation (:class:`~runtime.camera.steps.SegmenterStep`; a bare
+segmenter with ``segment(rgb) -> SegmentationResult`` is wrapped in one) or
+SAM2 tracking (:class:`~runtime.camera.steps.TrackingStep`). The loop does not
+own the step's engines (the caller closes them). Timings of every stage of
+every frame are kept in bounded windows and summarised as median / p90 at the end.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import numpy as np
 
 from runtime.camera.overlay import concept_colours, draw_hud, draw_masks
 from runtime.camera.sources import FrameSource, RetryPolicy, SourceError
+from runtime.camera.steps import FEWSHOT_STAGES, InferenceStep, PromptError, SegmenterStep, StepResult
 
-INFER_STAGES = ("preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess")
-STAGE_ORDER = ("capture",) + INFER_STAGES + ("draw", "write", "display")
+INFER_STAGES = FEWSHOT_STAGES
+STAGE_ORDER = ("capture",) + INFER_STAGES + ("prompt", "track", "draw", "write", "display")
 
 
 class _Closed:
@@ -120,6 +123,7 @@ class StageTimes:
 class Summary:
     source: str
     live: bool
+    mode: str = ""
     frames_in: int = 0
     frames_out: int = 0
     dropped: int = 0
@@ -129,6 +133,7 @@ class Summary:
     error: Optional[str] = None
     interrupted: bool = False
     output: Optional[str] = None
+    bad_input: bool = False  # the error is the user's input (e.g. a tracking prompt outside the frame)
 
     @property
     def ok(self) -> bool:
@@ -137,7 +142,8 @@ class Summary:
     def text(self) -> str:
         fps = self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
         lines = [
-            f"camera loop summary: source {self.source} ({'live' if self.live else 'file'})"
+            "camera loop summary: " + (f"{self.mode}, " if self.mode else "")
+            + f"source {self.source} ({'live' if self.live else 'file'})"
             + (", interrupted" if self.interrupted else ""),
             f"  frames in {self.frames_in}, out {self.frames_out}, dropped {self.dropped}, "
             f"reconnects {self.reconnects}, wall {self.wall_s:.2f} s, {fps:.2f} FPS",
@@ -221,7 +227,7 @@ class _Item:
     index: int
     frame: np.ndarray  # BGR
     times: Dict[str, float]
-    result: object = None
+    result: Optional[StepResult] = None
 
 
 @dataclass
@@ -240,23 +246,29 @@ class CameraLoop:
     """capture -> inference -> rendering for one source; :meth:`run` returns a :class:`Summary`.
 
     The source must already be open (so that open errors surface before the
-    engines load); the loop closes it. ``on_reset(segmenter)`` is called on the
-    inference thread when the ``r`` key is pressed.
+    engines load); the loop closes it. ``step`` is an
+    :class:`~runtime.camera.steps.InferenceStep`, or a segmenter (wrapped in a
+    :class:`~runtime.camera.steps.SegmenterStep` with ``on_reset``). The step's
+    ``reset()`` runs on the inference thread when the ``r`` key is pressed.
     """
 
-    def __init__(self, source: FrameSource, segmenter, *, output: Optional[VideoSink] = None,
+    def __init__(self, source: FrameSource, step, *, output: Optional[VideoSink] = None,
                  display: Optional[Display] = None, options: Optional[LoopOptions] = None,
                  on_reset: Optional[Callable[[object], None]] = None,
                  log: Callable[[str], None] = print):
-        self.source, self.seg = source, segmenter
+        if not isinstance(step, InferenceStep):
+            step = SegmenterStep(step, on_reset)
+        elif on_reset is not None:
+            raise TypeError("on_reset is for a bare segmenter; an InferenceStep resets itself (reset())")
+        self.source, self.step = source, step
         self.output, self.display = output, display
         self.opt = options or LoopOptions()
-        self.on_reset, self.log = on_reset, log
+        self.log = log
         drop = bool(source.live)
         self.q_frames = FrameQueue(self.opt.queue_size, drop)
         self.q_results = FrameQueue(self.opt.queue_size, drop)
         self.times = StageTimes(self.opt.stats_window)
-        self.summary = Summary(str(source.name), bool(source.live),
+        self.summary = Summary(str(source.name), bool(source.live), mode=step.mode,
                                output=str(output.path) if output else None)
         self._stop = threading.Event()
         self._reset = threading.Event()
@@ -281,10 +293,11 @@ class CameraLoop:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def _fail(self, msg: str) -> None:
+    def _fail(self, msg: str, bad_input: bool = False) -> None:
         with self._lock:
             if self.summary.error is None:
                 self.summary.error = msg
+                self.summary.bad_input = bad_input
         self.request_stop()
 
     # ------------------------------------------------------------------ stages
@@ -342,20 +355,22 @@ class CameraLoop:
                     break
                 if self._reset.is_set():
                     self._reset.clear()
-                    if self.on_reset is not None:
-                        self.on_reset(self.seg)
-                        self._colours = {}
+                    self.step.reset()
+                    self._colours = {}
                 t0 = time.perf_counter()
                 rgb = cv2.cvtColor(item.frame, cv2.COLOR_BGR2RGB)
                 conv = time.perf_counter() - t0
-                res = self.seg.segment(rgb)
-                for s in INFER_STAGES:
-                    v = float(res.timings.get(s, 0.0)) + (conv if s == "preprocess" else 0.0)
-                    item.times[s] = v
-                    self.times.add(s, v)
+                res = self.step(rgb)
+                timings = {"preprocess": conv + float(res.timings.get("preprocess", 0.0))}
+                timings.update((k, v) for k, v in res.timings.items() if k != "preprocess")
+                for s, v in timings.items():
+                    item.times[s] = float(v)
+                    self.times.add(s, float(v))
                 item.result = res
                 if not self.q_results.put(item):
                     break
+        except PromptError as e:
+            self._fail(f"prompt: {e}", bad_input=True)
         except Exception as e:  # noqa: BLE001
             self._fail(f"inference: {type(e).__name__}: {e}")
         finally:
@@ -379,7 +394,8 @@ class CameraLoop:
             cv2.imwrite(str(p), frame)
             self.log(f"[camera] snapshot {p}")
         elif key == ord("r"):
-            self.log("[camera] resetting references")
+            self.log("[camera] resetting references" if self.step.mode == "few-shot"
+                     else f"[camera] resetting ({self.step.mode}: prompting again on the next frame)")
             self.request_reset()
 
     def _render(self) -> None:
@@ -400,7 +416,7 @@ class CameraLoop:
                     continue
                 t0 = time.perf_counter()
                 frame = item.frame
-                masks = {c: r.mask for c, r in item.result.concepts.items()}
+                masks = item.result.masks
                 for c in masks:
                     if c not in self._colours:
                         self._colours = concept_colours(list(self._colours) + [c])
