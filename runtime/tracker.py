@@ -205,8 +205,7 @@ class VideoTracker:
             raise InputError("no object to track: call add_prompt() first")
         if num_frames is None and hasattr(frames, "__len__"):
             num_frames = start_frame + len(frames)
-        self._encode_prompted_memories()
-        self._started = True
+        self._start()
         first = min(t for o in self._objects.values() for t in o.prompted)
         for frame_idx, image in enumerate(frames, start=start_frame):
             if frame_idx < first:
@@ -215,8 +214,13 @@ class VideoTracker:
             self._check_size(rgb.shape[:2], frame_idx)
             yield self.track_frame(frame_idx, rgb, num_frames)
 
-    def track_frame(self, frame_idx: int, rgb: np.ndarray, num_frames: Optional[int]) -> TrackedFrame:
-        """One step of forward tracking on float RGB ``[H,W,3]`` (``propagate`` calls this)."""
+    def track_frame(self, frame_idx: int, rgb: np.ndarray, num_frames: Optional[int] = None) -> TrackedFrame:
+        """One step of forward tracking on float RGB ``[H,W,3]`` in [0,1], for callers that
+        feed frames one by one (``propagate`` calls this). Frames must come in order."""
+        if not self._objects:
+            raise InputError("no object to track: call add_prompt() first")
+        self._start()
+        self._check_size(rgb.shape[:2], frame_idx)
         eng = self.engines
         enc = None
         objects = {}
@@ -267,9 +271,11 @@ class VideoTracker:
         while obj.recent and next(iter(obj.recent)) < oldest:
             obj.recent.popitem(last=False)
 
-    def _encode_prompted_memories(self) -> None:
+    def _start(self) -> None:
         """sam2's ``propagate_in_video_preflight``: memory of every prompted frame,
         from its (binarised) low-res mask, once the prompts are final."""
+        if self._started:
+            return
         eng = self.engines
         for obj in self._objects.values():
             for frame_idx, out in obj.prompted.items():
@@ -277,6 +283,7 @@ class VideoTracker:
                     mem = eng.memory_from_low_res(self._prompt_feats[frame_idx], out,
                                                   binarize=self.binarize_prompt_masks)
                     out.maskmem = round_to_bfloat16(mem)
+        self._started = True
 
     # --------------------------------------------------------------- helpers
     def _object_mask(self, out: FrameOutput) -> ObjectMask:

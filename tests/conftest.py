@@ -45,6 +45,47 @@ def tiny_model():
     return model
 
 
+def stock_sam2(root: Path, version: str):
+    """(ModelChoice, official-format checkpoint, engines folder) of stock SAM2 tiny at 256 px.
+
+    A random checkpoint in Meta's format (object-score bias raised by 2 so the
+    random model sees objects: with random weights the score is nearly constant
+    and for SAM2.0 negative, which would leave every mask empty), exported with
+    ``--stock-sam2 --no-adapters`` from that file.
+    """
+    import torch
+
+    from export.assembly import write_random_checkpoints
+    from export.build import main
+    from export.models import ModelChoice
+
+    choice = ModelChoice("tiny", version, SMALL)
+    ckpt, _ = write_random_checkpoints(choice, root / "ckpt", adapters=None, seed=0)
+    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+    head = sorted(k for k in blob["model"]
+                  if k.startswith("sam_mask_decoder.pred_obj_score_head.") and k.endswith(".bias"))
+    blob["model"][head[-1]] += 2.0
+    torch.save(blob, ckpt)
+    engines = root / "engines"
+    assert main(["--precision", "fp32", "--model", "tiny", "--sam2-version", version,
+                 "--image-size", str(SMALL), "--stock-sam2", "--no-adapters",
+                 "--sam2-checkpoint", str(ckpt), "--skip-tensorrt", "--out", str(engines)]) == 0
+    return choice, ckpt, engines
+
+
+@pytest.fixture(scope="session")
+def stock_sam2_factory(tmp_path_factory):
+    """``version -> stock_sam2(...)``, built once per session and version."""
+    built = {}
+
+    def get(version: str = "2.1"):
+        if version not in built:
+            built[version] = stock_sam2(tmp_path_factory.mktemp(f"stock-{version}"), version)
+        return built[version]
+
+    return get
+
+
 def tiny_layernorm_onnx(path: Path) -> Path:
     """x[B,3,8,8] -> Conv(3->4) -> LayerNorm over channels (opset 17) -> Softmax -> y."""
     import numpy as np

@@ -52,14 +52,9 @@ def read_all(path: Path):
 
 
 @pytest.fixture(scope="module")
-def stock_engines(tmp_path_factory) -> Path:
-    """Stock SAM2.1 hiera-tiny (object-score head, no adapters), 256 px, random weights, ONNX only."""
-    from export.build import main as build
-
-    out = tmp_path_factory.mktemp("stock") / "tiny-256-stock"
-    assert build(["--precision", "fp32", "--model", "tiny", "--image-size", "256", "--stock-sam2",
-                  "--no-adapters", "--random-weights", "--skip-tensorrt", "--out", str(out)]) == 0
-    return out
+def stock_engines(stock_sam2_factory) -> Path:
+    """Stock SAM2.1 hiera-tiny (object-score head, no adapters), 256 px, ONNX only."""
+    return stock_sam2_factory("2.1")[2]
 
 
 def offline_masks(engines: Path, frames_bgr, objects):
