@@ -30,6 +30,11 @@ def _ratio(x) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def _rounds(settings: Dict) -> str:
+    r = settings.get("rounds", 1)
+    return f" x {r} rounds (order alternating, samples pooled)" if r > 1 else ""
+
+
 def markdown(rec: Dict) -> str:
     s = rec["settings"]
     lines = [f"# Benchmark: {rec['model']['name']} SAM{rec['model']['sam2_version']} "
@@ -38,7 +43,8 @@ def markdown(rec: Dict) -> str:
              f"{rec['machine']['platform']}; onnxruntime {rec['versions'].get('onnxruntime')}, "
              f"torch {rec['versions'].get('torch')}.",
              f"Settings: backend={s['backend']}, threads={s['threads']}, shots={s['shots']}, "
-             f"batch={s['batch']}, warm-up {s['warmup']}, {s['iterations']} iterations. "
+             f"batch={s['batch']}, warm-up {s['warmup']}, {s['iterations']} iterations"
+             f"{_rounds(s)}. "
              f"Peak (fp32 matmul {rec['peak']['cpu']['n']}^3, same run): "
              f"{rec['peak']['cpu']['gflops']:.0f} GFLOP/s.", ""]
     lines += ["## Per-stage latency (same inputs; ms: median / p90 / p99)", "",

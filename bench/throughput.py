@@ -14,13 +14,17 @@ are compared) and every ``--shots`` k, on the same synthetic images:
 - **batch**: image-encoder throughput at ``--batch`` sizes the engine's batch
   axis allows;
 - with ``--compare-pytorch``: the same on the PyTorch reference
-  (``TorchFewShotSegmenter`` and the exported sub-networks) in the same run,
-  every figure also as a speed-up ratio;
+  (``TorchFewShotSegmenter`` and the sub-networks in sam2's order of
+  operations) in the same run, every figure also as a speed-up ratio;
 - peak host RSS (and CUDA device memory where torch sees a GPU).
+
+``--rounds R`` repeats everything R times, every other round in reverse
+order, and pools the samples: on a machine shared with other jobs, load that
+comes and goes then hits every variant alike, so the ratios stay comparable.
 
 Writes ``OUT.json`` (machine, versions, settings, all figures), ``OUT.md``
 and ``OUT.png``. Bad input (mixed models/sizes, zero iterations, unknown
-backend, missing folder) exits with status 2 and a message.
+backend, missing folder, zero rounds) exits with status 2 and a message.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", default="1,4", help="image-encoder batch sizes")
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat all variants this many times, alternating their order (shared machines)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: backend default)")
     p.add_argument("--compare-pytorch", action="store_true", help="time the PyTorch reference too")
     p.add_argument("--peak-size", type=int, default=4096, help="matrix side of the peak matmul")
@@ -79,6 +85,8 @@ def validate(args) -> List[dict]:
         raise BenchError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS)}")
     if args.iterations < 1:
         raise BenchError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.rounds < 1:
+        raise BenchError(f"--rounds must be >= 1, got {args.rounds}")
     if args.warmup < 0:
         raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads < 0:
@@ -182,22 +190,21 @@ def _time_references(segmenter, k: int, refs, masks) -> List[float]:
     return times
 
 
-def bench_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, cases, flops, peak) -> dict:
+def collect_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, cases) -> dict:
+    """One round on an engines folder: raw seconds per stage case, pipeline stage and batch size."""
     from export.onnx_export import example_feeds
     from runtime.manifest import manifest_specs
     from runtime.pipeline import FewShotSegmenter
 
     specs = manifest_specs(manifest)
     seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads)
-    label = f"{engine_dir.name} [{seg.backend}, {manifest.get('precision')}]"
-    stages = []
+    raw = {"label": f"{engine_dir.name} [{seg.backend}, {manifest.get('precision')}]",
+           "engines": str(engine_dir), "backend": seg.backend, "precision": manifest.get("precision"),
+           "stages": {}, "pipeline": {}, "batch": {}}
     for name, case in cases.items():
-        axes = _case_axes(case, specs)
-        feeds = example_feeds(specs[case["stage"]], axes)
+        feeds = example_feeds(specs[case["stage"]], _case_axes(case, specs))
         r = seg.runners[case["stage"]]
-        s = summarize(time_calls(lambda: r.infer(feeds), args.warmup, args.iterations))
-        stages.append(_stage_row(case["stage"], name, s, flops.get(name), peak))
-    pipeline = []
+        raw["stages"][name] = time_calls(lambda: r.infer(feeds), args.warmup, args.iterations)
     for k in args.shots_list:
         ref_t = _time_references(seg, k, refs, masks)
         for _ in range(args.warmup):
@@ -207,25 +214,62 @@ def bench_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, c
             res = seg.segment(frames[i % len(frames)])
             for s in PIPE_STAGES:
                 per[s].append(res.timings.get(s, 0.0))
-        frame = summarize(per["total"])
-        pipeline.append({"shots": k, "frame": frame,
-                         "frame_stages": {s: summarize(v) for s, v in per.items()},
-                         "frames_per_s": 1.0 / frame["median"], "reference": summarize(ref_t),
-                         "references_per_s": 1.0 / float(np.median(ref_t))})
-    batch = []
+        raw["pipeline"][k] = {"frame_stages": per, "reference": ref_t}
     bmax = specs["image_encoder"].axis_ranges.get("batch", (1, 1, 1))[2]
     for b in args.batch_list:
         if b > bmax:
-            batch.append({"batch": b, "skipped": f"engine batch axis allows at most {bmax}"})
+            raw["batch"][b] = f"engine batch axis allows at most {bmax}"
             continue
         feeds = example_feeds(specs["image_encoder"], {"batch": b})
         r = seg.runners["image_encoder"]
-        s = summarize(time_calls(lambda: r.infer(feeds), args.warmup, args.iterations))
-        batch.append({"batch": b, **s, "images_per_s": b / s["median"]})
+        raw["batch"][b] = time_calls(lambda: r.infer(feeds), args.warmup, args.iterations)
     seg.close()
-    return {"label": label, "engines": str(engine_dir), "backend": seg.backend,
-            "precision": manifest.get("precision"), "stages": stages, "pipeline": pipeline,
-            "batch": batch, "peak_rss_mb": peak_rss_mb(), "device_mem_mb": _device_mem_mb()}
+    raw.update(peak_rss_mb=peak_rss_mb(), device_mem_mb=_device_mem_mb())
+    return raw
+
+
+def collect_pytorch(args, frames, refs, masks, cases, nets, specs, model) -> dict:
+    """One round on the PyTorch reference, raw seconds in the layout of :func:`collect_engines`."""
+    import torch
+
+    from export.onnx_export import example_feeds
+    from export.reference import TorchFewShotSegmenter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    raw = {"label": "pytorch reference [eager, fp32]", "backend": "pytorch", "precision": "fp32",
+           "stages": {}, "pipeline": {}, "batch": {}}
+    with torch.no_grad():
+        for name, case in cases.items():
+            feeds = example_feeds(specs[case["stage"]], _case_axes(case, specs))
+            net = nets[case["stage"]]
+            targs = [torch.from_numpy(feeds[n]) for n in specs[case["stage"]].input_names]
+            raw["stages"][name] = time_calls(lambda: net(*targs), args.warmup, args.iterations)
+    ref = TorchFewShotSegmenter(model)
+    for k in args.shots_list:
+        ref_t = _time_references(ref, k, refs, masks)
+        time_calls(lambda: ref.segment(frames[0]), args.warmup, 0)  # warm-up only
+        frame_t = []
+        for i in range(args.iterations):
+            t = time.perf_counter()
+            ref.segment(frames[i % len(frames)])
+            frame_t.append(time.perf_counter() - t)
+        raw["pipeline"][k] = {"frame_stages": {"total": frame_t}, "reference": ref_t}
+    raw.update(peak_rss_mb=peak_rss_mb(), device_mem_mb=_device_mem_mb())
+    return raw
+
+
+def pool_rounds(rounds: List[dict]):
+    """One variant's raw records of several rounds as one: sample lists concatenated,
+    numbers (peak memory) the largest, everything else from the first round."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {k: pool_rounds([r[k] for r in rounds]) for k in first}
+    if isinstance(first, list):
+        return [x for r in rounds for x in r]
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return max(rounds)
+    return first
 
 
 def _stage_row(stage, case, s, flop, peak):
@@ -237,39 +281,27 @@ def _stage_row(stage, case, s, flop, peak):
     return row
 
 
-def bench_pytorch(manifest: dict, args, frames, refs, masks, cases, flops, peak, nets, specs, model) -> dict:
-    import torch
-
-    from export.onnx_export import example_feeds
-    from export.reference import TorchFewShotSegmenter
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    stages = []
-    with torch.no_grad():
-        for name, case in cases.items():
-            axes = _case_axes(case, specs)
-            feeds = example_feeds(specs[case["stage"]], axes)
-            net = nets[case["stage"]]
-            targs = [torch.from_numpy(feeds[n]) for n in specs[case["stage"]].input_names]
-            s = summarize(time_calls(lambda: net(*targs), args.warmup, args.iterations))
-            stages.append(_stage_row(case["stage"], name, s, flops.get(name), peak))
-    ref = TorchFewShotSegmenter(model)
+def summarize_variant(raw: dict, cases, flops, peak) -> dict:
+    """Raw seconds (:func:`collect_engines`, possibly pooled) -> the report's figures."""
+    stages = [_stage_row(cases[n]["stage"], n, summarize(t), flops.get(n), peak)
+              for n, t in raw["stages"].items()]
     pipeline = []
-    for k in args.shots_list:
-        ref_t = _time_references(ref, k, refs, masks)
-        time_calls(lambda: ref.segment(frames[0]), args.warmup, 0)  # warm-up only
-        frame_t = []
-        for i in range(args.iterations):
-            t = time.perf_counter()
-            ref.segment(frames[i % len(frames)])
-            frame_t.append(time.perf_counter() - t)
-        frame = summarize(frame_t)
-        pipeline.append({"shots": k, "frame": frame, "frames_per_s": 1.0 / frame["median"],
-                         "reference": summarize(ref_t), "references_per_s": 1.0 / float(np.median(ref_t))})
-    return {"label": "pytorch reference [eager, fp32]", "backend": "pytorch", "precision": "fp32",
-            "stages": stages, "pipeline": pipeline, "batch": [], "peak_rss_mb": peak_rss_mb(),
-            "device_mem_mb": _device_mem_mb()}
+    for k, p in raw["pipeline"].items():
+        frame, ref = summarize(p["frame_stages"]["total"]), summarize(p["reference"])
+        row = {"shots": k, "frame": frame, "frames_per_s": 1.0 / frame["median"],
+               "reference": ref, "references_per_s": 1.0 / ref["median"]}
+        if len(p["frame_stages"]) > 1:
+            row["frame_stages"] = {s: summarize(v) for s, v in p["frame_stages"].items()}
+        pipeline.append(row)
+    batch = []
+    for b, t in raw["batch"].items():
+        if isinstance(t, str):
+            batch.append({"batch": b, "skipped": t})
+        else:
+            s = summarize(t)
+            batch.append({"batch": b, **s, "images_per_s": b / s["median"]})
+    return {**{k: v for k, v in raw.items() if k not in ("stages", "pipeline", "batch")},
+            "stages": stages, "pipeline": pipeline, "batch": batch}
 
 
 def _attach_ratios(variants: List[dict], pt: dict) -> None:
@@ -351,6 +383,33 @@ def reference_nets(model) -> Dict[str, object]:
     return {k: v.eval() for k, v in nets.items()}
 
 
+def measure_rounds(args, manifests, frames, refs, masks, cases, nets, specs, model, peak) -> dict:
+    """``--rounds`` rounds over every engines folder (and the PyTorch reference),
+    in reverse order every other round, so drift from a shared machine's load
+    falls on every variant alike; samples are pooled per variant.
+
+    The matmul peak is measured again after each round and the best is kept
+    in ``peak["cpu"]`` (``peak["cpu_rounds"]``: all of them, showing the
+    interference). Returns ``{"engines": [pooled raw per folder], "pytorch": pooled raw or None}``.
+    """
+    from bench.peak import measure_peak
+
+    keys = list(range(len(args.engines))) + (["pytorch"] if args.compare_pytorch else [])
+    rounds: Dict[object, List[dict]] = {k: [] for k in keys}
+    peak["cpu_rounds"] = [peak["cpu"]]
+    for i in range(args.rounds):
+        for k in keys if i % 2 == 0 else keys[::-1]:
+            what = "pytorch reference" if k == "pytorch" else f"{args.engines[k]} ({args.backend})"
+            print(f"[bench] round {i + 1}/{args.rounds}: {what} ...", flush=True)
+            rounds[k].append(
+                collect_pytorch(args, frames, refs, masks, cases, nets, specs, model) if k == "pytorch"
+                else collect_engines(args.engines[k], manifests[k], args, frames, refs, masks, cases))
+        peak["cpu_rounds"].append(measure_peak(min(args.peak_size, 4096), threads=args.threads or None)["cpu"])
+    peak["cpu"] = max(peak["cpu_rounds"], key=lambda p: p["gflops"])
+    return {"engines": [pool_rounds(rounds[k]) for k in keys if k != "pytorch"],
+            "pytorch": pool_rounds(rounds["pytorch"]) if args.compare_pytorch else None}
+
+
 def run(args) -> dict:
     manifests = validate(args)
     import torch
@@ -364,7 +423,6 @@ def run(args) -> dict:
     size = int(m0["model"]["image_size"])
     specs = manifest_specs(m0)
     peak = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
-    peak_gflops = (peak["cuda"] or peak["cpu"])["gflops"] if args.backend == "tensorrt" else peak["cpu"]["gflops"]
     model = _model_for(m0)
     nets = reference_nets(model)
     cases = stage_cases(args.shots_list)
@@ -378,33 +436,19 @@ def run(args) -> dict:
           + ", ".join(f"{k} {v / 1e9:.1f} GFLOP" for k, v in flops.items()), flush=True)
     imgs, masks = synthetic_images(size, max(args.shots_list) + 2, seed=0)
     refs, frames = imgs[:-2], imgs[-2:]
-    variants = []
-    for d, m in zip(args.engines, manifests):
-        print(f"[bench] {d} ({args.backend}) ...", flush=True)
-        variants.append(bench_engines(d, m, args, frames, refs, masks, cases, flops, peak_gflops))
-    # Peak again after the engines ran: the larger of the two is the machine's,
-    # the smaller shows how much a shared machine interfered.
-    again = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
-    peak["cpu_before"], peak["cpu_after"] = peak["cpu"], again["cpu"]
-    if again["cpu"]["gflops"] > peak["cpu"]["gflops"]:
-        peak["cpu"] = again["cpu"]
-    pt = None
-    if args.compare_pytorch:
-        print("[bench] pytorch reference ...", flush=True)
-        pt = bench_pytorch(m0, args, frames, refs, masks, cases, flops, peak_gflops, nets, specs, model)
+    raw = measure_rounds(args, manifests, frames, refs, masks, cases, nets, specs, model, peak)
+    best = (peak["cuda"] or peak["cpu"])["gflops"] if args.backend == "tensorrt" else peak["cpu"]["gflops"]
+    variants = [summarize_variant(r, cases, flops, best) for r in raw["engines"]]
+    pt = summarize_variant(raw["pytorch"], cases, flops, peak["cpu"]["gflops"]) if args.compare_pytorch else None
+    if pt:
         _attach_ratios(variants, pt)
-    best = peak["cpu"]["gflops"]
-    if args.backend != "tensorrt" and best > peak_gflops:  # re-base % of peak on the best peak seen
-        for v in variants + ([pt] if pt else []):
-            for r in v["stages"]:
-                if r.get("gflops"):
-                    r["peak_fraction"] = r["gflops"] / best
     return {
         "command": "python -m bench.throughput " + " ".join(shlex.quote(a) for a in args.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(), "versions": _versions(),
         "settings": {"backend": args.backend, "threads": args.threads, "shots": args.shots_list,
                      "batch": args.batch_list, "iterations": args.iterations, "warmup": args.warmup,
+                     "rounds": args.rounds,
                      "compare_pytorch": args.compare_pytorch, "torch_threads": torch.get_num_threads(),
                      "engines": [str(d) for d in args.engines]},
         "model": {k: m0["model"].get(k) for k in ("name", "sam2_version", "image_size", "kind")},

@@ -48,6 +48,33 @@ def test_two_folders_one_report(tiny_engines, tmp_path):
     assert len(rec["variants"]) == 2
 
 
+def test_rounds_pool_samples(tiny_engines, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_engines, copy)
+    assert main(["--engines", str(tiny_engines), str(copy), "--shots", "1", "--batch", "1",
+                 "--iterations", "2", "--warmup", "0", "--rounds", "2", "--peak-size", "256",
+                 "--compare-pytorch", "--out", str(tmp_path / "r")]) == 0
+    rec = json.loads((tmp_path / "r.json").read_text())
+    for v in rec["variants"] + [rec["pytorch"]]:
+        assert all(r["n"] == 4 for r in v["stages"])  # 2 rounds x 2 iterations
+        assert v["pipeline"][0]["frame"]["n"] == 4 and v["pipeline"][0]["reference"]["n"] == 2
+    assert [b["n"] for b in rec["variants"][0]["batch"]] == [4]
+    assert len(rec["peak"]["cpu_rounds"]) == 3  # before, and after each round
+    assert rec["peak"]["cpu"]["gflops"] == max(p["gflops"] for p in rec["peak"]["cpu_rounds"])
+    assert "2 rounds" in (tmp_path / "r.md").read_text()
+
+
+def test_pool_rounds():
+    from bench.throughput import pool_rounds
+
+    a = {"label": "x", "stages": {"s": [1.0, 2.0]}, "batch": {4: "skipped"}, "peak_rss_mb": 5.0,
+         "device_mem_mb": None}
+    b = {"label": "x", "stages": {"s": [3.0]}, "batch": {4: "skipped"}, "peak_rss_mb": 7.0,
+         "device_mem_mb": None}
+    assert pool_rounds([a, b]) == {"label": "x", "stages": {"s": [1.0, 2.0, 3.0]},
+                                   "batch": {4: "skipped"}, "peak_rss_mb": 7.0, "device_mem_mb": None}
+
+
 def test_mixed_models_rejected(tiny_engines, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(tiny_engines, other)
@@ -63,6 +90,7 @@ def test_mixed_models_rejected(tiny_engines, tmp_path, capsys):
     (["--iterations", "0"], "--iterations"),
     (["--backend", "nonsense"], "unknown backend"),
     (["--shots", "0"], "--shots"),
+    (["--rounds", "0"], "--rounds"),
 ])
 def test_bad_settings_rejected(tiny_engines, tmp_path, capsys, extra, msg):
     assert main(["--engines", str(tiny_engines), "--out", str(tmp_path / "r"), *extra]) == 2
