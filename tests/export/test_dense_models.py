@@ -99,14 +99,11 @@ def test_random_checkpoint_in_authors_layout_loads_back(tmp_path, choice):
     assert not report.missing and not report.unexpected
     if choice.kind == "features":
         assert report.unused_other_modules == 2
+    # assemble_dense(path) starts from seed 0's default init: equality with seed 3's random
+    # weights shows every tensor came from the file.
     rnd, _ = assemble_dense(choice, random_weights=True, seed=3)
     for k, v in rnd.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
-    fresh = build_dense(choice, seed=3)
-    assert not torch.equal(fresh.state_dict()["head.weight" if choice.kind != "features" else
-                                              "image_encoder.trunk.pos_embed"],
-                           loaded.state_dict()["head.weight" if choice.kind != "features" else
-                                               "image_encoder.trunk.pos_embed"])
 
 
 def test_module_prefix_from_ddp_is_stripped(tmp_path):
