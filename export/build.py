@@ -24,7 +24,7 @@ from runtime.fileio import atomic_path, sha256_file, write_json_atomic
 from runtime.manifest import CONSTANTS_NAME, FORMAT_VERSION, MANIFEST_NAME
 from runtime.spec import DEFAULT_AXIS_RANGES, STAGES, check_image_size, stage_specs
 
-EXPORT_CODE_VERSION = 2  # bump when the exported graphs change meaning
+EXPORT_CODE_VERSION = 3  # bump when the exported graphs change meaning
 PRECISIONS = ("fp32", "fp16", "int8")
 # fp32 parity gate for every stage (relative L2 to PyTorch).
 FP32_PARITY_GATE = 1e-5
@@ -96,6 +96,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "gate fails, with the mixed setting that passes")
     p.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"),
                    default="entropy", help="int8: activation range calibration method")
+    p.add_argument("--plain-export", action="store_true",
+                   help="export sam2's computation as written: no value-projection folding in "
+                        "memory attention, no constant folding (slower; the baseline "
+                        "bench.throughput measures the optimised graphs against)")
     p.add_argument("--skip-tensorrt", action="store_true", help="export and verify ONNX only")
     p.add_argument("--force", action="store_true", help="rebuild every stage even if up to date")
     p.add_argument("--out", type=Path, default=None,
@@ -120,7 +124,7 @@ def _fingerprint(args, choice, ckpt_hashes, ranges) -> str:
         "adapters": None if args.no_adapters else [args.adapter_stages, args.channel_factor],
         "stock": args.stock_sam2, "ckpt": ckpt_hashes,
         "random": [args.random_weights, args.seed if args.random_weights else None],
-        "ranges": ranges,
+        "ranges": ranges, "plain": args.plain_export,
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -217,7 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous = _previous_manifest(out)
     same_inputs = previous.get("fingerprint") == fingerprint and not args.force
 
-    nets = build_subnets(model)
+    nets = build_subnets(model, fold_values=not args.plain_export)
     stage_records: Dict[str, dict] = {}
     for i, name in enumerate(STAGES, 1):
         path = out / f"{name}.onnx"
@@ -229,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         t = time.time()
         _log(f"[{i}/4] {name}: exporting ONNX (opset 17) ...")
-        export_onnx(nets[name], specs[name], path)
+        export_onnx(nets[name], specs[name], path, fold=not args.plain_export)
         _log(f"[{i}/4] {name}: exported in {time.time() - t:.1f}s; verifying in ONNX Runtime ...")
         parity = check_parity(nets[name], specs[name], path, parity_cases(name, ranges))
         ok = parity["rel_l2"] <= FP32_PARITY_GATE
@@ -271,6 +275,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "unused_checkpoint_keys": report.ignored_disabled_heads,
         "versions": _versions(),
         "axis_ranges": {k: list(v) for k, v in ranges.items()},
+        "graphs": ("plain: sam2's order of operations, no constant folding" if args.plain_export
+                   else "optimised: value projections folded into output projections, "
+                        "constants folded (exact)"),
         "model_config": model_config(model),
         "constants": {"file": CONSTANTS_NAME, "sha256": sha256_file(out / CONSTANTS_NAME)},
         "stages": stage_records,

@@ -52,8 +52,14 @@ def example_feeds(spec: StageSpec, axes: Mapping[str, int], seed: int = 0) -> Di
 
 
 def export_onnx(net: torch.nn.Module, spec: StageSpec, path: str | Path,
-                axes: Optional[Mapping[str, int]] = None, opset: int = OPSET) -> Path:
-    """Trace ``net`` on example inputs and write a checked ONNX file atomically."""
+                axes: Optional[Mapping[str, int]] = None, opset: int = OPSET,
+                fold: bool = False) -> Path:
+    """Trace ``net`` on example inputs and write a checked ONNX file atomically.
+
+    ``fold``: replace the graph's input-independent subgraphs by their values
+    before writing (:func:`export.ort_optimize.fold_constants`, exact: shape
+    arithmetic, Hiera's position-embedding resize, attention scales).
+    """
     path = Path(path)
     axes = dict(axes or {k: v[1] for k, v in spec.axis_ranges.items()})
     # Trace with non-trivial sizes so no dynamic axis is specialised to 1.
@@ -73,6 +79,11 @@ def export_onnx(net: torch.nn.Module, spec: StageSpec, path: str | Path,
                 dynamo=False,
             )
         model = onnx.load(str(tmp))
+        if fold:
+            from export.ort_optimize import fold_constants
+
+            fold_constants(model)
+            onnx.save(model, str(tmp))
         onnx.checker.check_model(model, full_check=True)
     return path
 

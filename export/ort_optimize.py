@@ -7,12 +7,38 @@ Two passes (:data:`PASSES`, run by :func:`optimize_for_ort` and the CLI):
   ``Shape -> Gather -> ...`` chains in the graph wherever sam2 reads
   ``x.shape`` and the batch axis is dynamic, so ORT cannot fold them itself:
   Hiera's bicubic position-embedding ``Resize`` and every SDPA ``1/sqrt(d)``
-  scale run on every call.
+  scale run on every call. ``export.build`` applies it to every SAM2 stage it
+  exports (``--plain-export`` leaves it out, for before/after benchmarks).
 - ``fuse`` (:func:`fuse_attention`, opt-in): the fused-attention rewrite
   below, measured slower on this CPU.
 
-Finding (hiera-tiny SAM2.1, fp32, 1024 px, ORT 1.31 CPU, AMD EPYC 2 cores,
-profiled with ``SessionOptions.enable_profiling``; 1 memory + 1 pointer)
+Image encoder: where the time goes (hiera-tiny SAM2.1 + adapters, fp32, 1024 px,
+ORT 1.31 CPU, 2 cores shared with other jobs, ``enable_profiling``, 2 runs)
+-----------------------------------------------------------------------------
+Plain export, per op type: ``MatMul`` 65%, ``Resize`` 10% (one node: Hiera's
+bicubic position embedding, ``[1,96,7,7] -> [1,96,256,256]``, a constant
+recomputed on every call), ``Softmax`` 6%, ``Add`` 5% (biases of 3-D/4-D
+MatMuls, which ORT does not fuse into ``Gemm``), ``Transpose`` 4% (window
+partition / head split), ``Conv`` 3%, ``Gelu`` 2%, ``Split`` 2% (qkv unbind),
+``LayerNormalization`` 1%. Every attention's ``q*sqrt(s)``/``k*sqrt(s)``
+scale comes from ``Shape(q)``, so ORT cannot fuse it into the ``MatMul``.
+The GEMMs run at similar rates (qkv/MLP/proj ~48-51 GFLOP/s on the loaded
+machine, global attention ~43-50, the windowed attention's batched 64x64
+tiles ~29): the encoder is GEMM-bound at ~50-55% of the matmul peak because
+its GEMMs are small-K (96/192 channels in stages 1-2) and ~25% of the time
+is in non-GEMM ops. After ``fold`` the ``Resize`` is gone and the QK^T
+products become ``FusedMatMul`` with the scale; interleaved A/B, CPU time
+per call (spinning off, 4 calls each): 5.52 s -> 4.86 s median (-12%),
+outputs rel. L2 6e-7 from the plain graph (0.0 for the embedding alone).
+Re-measured on ORT 1.32 (idle machine, interleaved, 4 calls each): 3.15 s ->
+2.63 s (-17%). Left: the ``Add``/``Transpose``/``Split``/``Softmax`` share
+(~15%) needs a rewrite of Hiera's blocks (2-D token layout so biases fold into
+``Gemm``, windows partitioned once per stage), not a graph pass. At FP32 the
+encoder cannot get much faster than ~1.6 s here (298 GFLOP at the ~180 GFLOP/s
+matmul peak); fewer bits can: see calib/dynamic.py (INT8 GEMMs run ~3x the
+FP32 rate on this CPU's AVX512-VNNI).
+
+Memory attention (plain export, idle machine, 1 memory + 1 pointer)
 -----------------------------------------------------------------------------
 ``F.scaled_dot_product_attention`` is exported by the TorchScript exporter
 (opset 17) as ``MatMul(q*sqrt(s), Transpose(k)*sqrt(s)) -> Softmax ->
@@ -32,6 +58,11 @@ and no graph rewrite can make it 2x faster at the same FLOPs. (Earlier
 measurements of 4.6 s were taken while another job shared the 2 cores.)
 Threads: intra_op 2 vs 1: 1.30 s vs 2.68 s (scales ~2x; keep ``threads=0``,
 which picks one per physical core).
+Fewer FLOPs is what helps: export/rope.py folds the single-head value
+projection into the output projection (186 -> 156 GFLOP at one memory, 465 ->
+330 at five) and gives SDPA a constant scale (fused by ORT); interleaved A/B on
+the shared machine, 5 calls each: 2.66 s -> 2.19 s median (-18%). ``fold``
+then removes 60% of the nodes (shape arithmetic) for no measurable time.
 
 Fused attention: tried, and its measured result
 -----------------------------------------------

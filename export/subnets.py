@@ -167,13 +167,17 @@ class MaskDecoderNet(nn.Module):
         return masks, iou_pred, self.obj_ptr_proj(mask_tokens), object_score_logits
 
 
-def build_subnets(sam: nn.Module) -> Dict[str, nn.Module]:
-    """The four wrappers for one model, in eval mode."""
+def build_subnets(sam: nn.Module, fold_values: bool = True) -> Dict[str, nn.Module]:
+    """The four wrappers for one model, in eval mode.
+
+    ``fold_values=False``: memory attention in sam2's order of operations
+    (value projections not folded into the output projections).
+    """
     pos = vision_pos_enc(sam)
     nets = {
         "image_encoder": ImageEncoderNet(sam),
         "memory_encoder": MemoryEncoderNet(sam),
-        "memory_attention": MemoryAttentionNet(sam, pos),
+        "memory_attention": MemoryAttentionNet(sam, pos, fold_values),
         "mask_decoder": MaskDecoderNet(sam),
     }
     return {k: v.eval() for k, v in nets.items()}

@@ -36,6 +36,12 @@ def tiny_engines(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def plain_engines(tmp_path_factory) -> Path:
+    """As ``tiny_engines`` but ``--plain-export``: sam2's order of operations, nothing folded."""
+    return build_engines(tmp_path_factory.mktemp("engines") / "tiny-256-plain", "--plain-export")
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """The PyTorch model the ``tiny_engines`` folder was exported from."""
     from export.assembly import assemble

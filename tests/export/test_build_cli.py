@@ -97,3 +97,35 @@ def test_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
         main(BASE + ["--random-weights", "--out", str(out)])
     assert not any(p.suffix == ".onnx" or p.name.endswith(".part") for p in out.iterdir())
     assert not (out / "manifest.json").exists()
+
+
+def test_plain_export_is_the_unoptimised_baseline(tiny_engines, plain_engines):
+    """--plain-export: sam2's order of operations, nothing folded; same outputs."""
+    import onnx
+
+    from export.onnx_export import example_feeds, ort_session, relative_l2
+    from runtime.manifest import load_manifest, manifest_specs
+
+    plain = plain_engines
+    assert load_manifest(plain)["graphs"].startswith("plain")
+    assert load_manifest(tiny_engines)["graphs"].startswith("optimised")
+
+    def nodes(folder, stage):
+        return onnx.load(str(folder / f"{stage}.onnx")).graph.node
+
+    def ops(folder, stage):
+        return [n.op_type for n in nodes(folder, stage)]
+
+    def pos_embed_resized(folder):
+        return any(n.op_type == "Resize" and "pos_embed" in n.input[0] for n in nodes(folder, "image_encoder"))
+
+    # Hiera's bicubic position-embedding Resize is folded into a constant by default
+    assert pos_embed_resized(plain) and not pos_embed_resized(tiny_engines)
+    # 4 layers x 2 attentions: the value projection is folded into the output projection
+    assert ops(plain, "memory_attention").count("MatMul") - ops(tiny_engines, "memory_attention").count("MatMul") == 8
+    specs = manifest_specs(load_manifest(plain))
+    for stage in ("image_encoder", "memory_attention"):
+        feeds = example_feeds(specs[stage], {"batch": 1, "num_mem": 2, "num_ptr": 2}, seed=4)
+        a = ort_session(plain / f"{stage}.onnx").run(None, feeds)
+        b = ort_session(tiny_engines / f"{stage}.onnx").run(None, feeds)
+        assert max(relative_l2(y, x) for x, y in zip(a, b)) < 1e-5

@@ -72,24 +72,27 @@ def test_fold_constants_leaves_large_constants_and_data_paths():
     assert "Sqrt" not in [n.op_type for n in model.graph.node]
 
 
-def test_image_encoder_position_embedding_folded(tiny_engines, tmp_path):
+def test_image_encoder_position_embedding_folded(plain_engines, tiny_engines, tmp_path):
     out = tmp_path / "ie.onnx"
-    rep = optimize_for_ort(tiny_engines / "image_encoder.onnx", out, "image_encoder")
+    rep = optimize_for_ort(plain_engines / "image_encoder.onnx", out, "image_encoder")
     def resized(path):
         return [n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "Resize"]
 
-    assert any("pos_embed" in i for i in resized(tiny_engines / "image_encoder.onnx"))
+    assert any("pos_embed" in i for i in resized(plain_engines / "image_encoder.onnx"))
     assert resized(out) and not any("pos_embed" in i for i in resized(out))  # FPN upsampling stays
     assert rep["fold"]["folded"] > 0 and rep["nodes_after"] < rep["nodes_before"]
-    assert verify(tiny_engines / "image_encoder.onnx", out, "image_encoder", {"batch": 2}) < 1e-5
+    assert verify(plain_engines / "image_encoder.onnx", out, "image_encoder", {"batch": 2}) < 1e-5
+    # export.build folds by default: nothing left to fold in its graph
+    again = optimize_for_ort(tiny_engines / "image_encoder.onnx", tmp_path / "ie2.onnx", "image_encoder")
+    assert again["fold"]["folded"] == 0
 
 
-def test_memory_attention_folded_and_equal(tiny_engines, tmp_path):
+def test_memory_attention_folded_and_equal(plain_engines, tmp_path):
     out = tmp_path / "ma.onnx"
-    rep = optimize_for_ort(tiny_engines / "memory_attention.onnx", out, "memory_attention")
+    rep = optimize_for_ort(plain_engines / "memory_attention.onnx", out, "memory_attention")
     assert rep["nodes_after"] < rep["nodes_before"] // 2
     for axes in ({"num_mem": 1, "num_ptr": 1}, {"num_mem": 3, "num_ptr": 5}):
-        assert verify(tiny_engines / "memory_attention.onnx", out, "memory_attention", axes) < 1e-5
+        assert verify(plain_engines / "memory_attention.onnx", out, "memory_attention", axes) < 1e-5
 
 
 def test_memory_attention_fused_and_equal(tiny_engines, tmp_path):
