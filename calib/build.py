@@ -9,6 +9,12 @@ from runtime.fileio import sha256_file
 from runtime.spec import STAGES
 
 DEFAULT_GENERATED = 6
+# scheme -> (stage record key, precision label in reports, log tag)
+SCHEMES = {"qdq": ("onnx_int8", "int8", "int8"),
+           "dynamic": ("onnx_cpu_int8", "int8 (dynamic)", "cpu-int8")}
+# scheme -> (build option the suggestion names, what to do when no stage passes)
+SUGGEST = {"qdq": ("--int8-stages", "build with --precision fp16"),
+           "dynamic": ("--cpu-int8", "keep FP32 on the CPU (build without --cpu-int8)")}
 
 
 def parse_stages(text) -> List[str]:
@@ -56,12 +62,15 @@ def build_int8(out_dir: Path, manifest_stage_records: dict, int8_stages: Sequenc
                manifest: Optional[dict] = None, method: str = "entropy",
                generated: int = DEFAULT_GENERATED, gates=None, cache_dir: Optional[Path] = None,
                suggest: bool = True, apply_suggestion: bool = False,
-               progress: bool = True) -> dict:
-    """Quantize ``int8_stages`` to ``<stage>.int8.onnx`` in ``out_dir``, measure, gate.
+               progress: bool = True, scheme: str = "qdq") -> dict:
+    """Quantize ``int8_stages`` in ``out_dir``, measure, gate.
 
-    Sets ``manifest_stage_records[stage]["onnx_int8"] = {"file", "sha256",
-    "precision": "int8", "method"}`` for each quantized stage (export.engines
-    then builds that stage's engine from it). ``manifest`` is the build's
+    ``scheme``: ``"qdq"`` (:mod:`calib.quantize`, calibrated Q/DQ graphs
+    ``<stage>.int8.onnx`` for TensorRT) sets ``manifest_stage_records[stage]
+    ["onnx_int8"] = {"file", "sha256", "precision": "int8", "method"}`` for
+    each quantized stage (export.engines then builds that stage's engine from
+    it); ``"dynamic"`` (:mod:`calib.dynamic`, ``<stage>.cpu-int8.onnx`` for
+    ONNX Runtime on CPUs) sets ``["onnx_cpu_int8"]`` instead. ``manifest`` is the build's
     manifest dict (needs ``model``, ``model_config``, ``axis_ranges`` and
     ``stages``); default: ``out_dir/manifest.json``. ``calib_dir=None``:
     ``generated`` synthetic episodes. With ``apply_suggestion`` and a failed
@@ -75,9 +84,11 @@ def build_int8(out_dir: Path, manifest_stage_records: dict, int8_stages: Sequenc
     JSON-ready, for the manifest (e.g. ``manifest["calibration"] = result``).
     """
     from calib.gates import DEFAULT_GATES, check, suggest_mixed
-    from calib.quantize import quantize_stages
     from calib.report import _json_ready, format_table
 
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown INT8 scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    key, label, tag = SCHEMES[scheme]
     gates = gates or DEFAULT_GATES
     stages = parse_stages(int8_stages)
     if not stages:
@@ -89,32 +100,45 @@ def build_int8(out_dir: Path, manifest_stage_records: dict, int8_stages: Sequenc
         manifest = dict(read_manifest_loose(out_dir))
     manifest = dict(manifest, stages=manifest_stage_records)
     ctx = evaluate_setup(out_dir, manifest, calib_dir, generated, cache_dir, log, progress)
-    paths = quantize_stages(out_dir, manifest_stage_records, stages, ctx["samples"], method, log=log)
+    if scheme == "qdq":
+        from calib.quantize import quantize_stages
+
+        paths = quantize_stages(out_dir, manifest_stage_records, stages, ctx["samples"], method, log=log)
+        extra = {"method": method}
+    else:
+        from calib.dynamic import quantize_dynamic_stages
+
+        paths = quantize_dynamic_stages(out_dir, manifest_stage_records, stages, log=log)
+        extra = {"scheme": "dynamic"}
     for s, p in paths.items():
-        manifest_stage_records[s]["onnx_int8"] = {
-            "file": p.name, "sha256": sha256_file(p), "precision": "int8", "method": method}
-    table = ctx["evaluate"](paths, {s: "int8" for s in stages})
+        manifest_stage_records[s][key] = {
+            "file": p.name, "sha256": sha256_file(p), "precision": "int8", **extra}
+    table = ctx["evaluate"](paths, {s: label for s in stages})
     text = format_table(table, gates)
     verdict = check(table, gates)
-    log("[int8] accuracy vs FP32\n" + text)
+    log(f"[{tag}] accuracy vs FP32\n" + text)
     suggestion = None
     if not verdict["passed"]:
-        log("[int8] gate FAILED: " + "; ".join(verdict["reasons"]))
+        log(f"[{tag}] gate FAILED: " + "; ".join(verdict["reasons"]))
         if suggest:
             suggestion = suggest_mixed(
                 stages, table, lambda ss: ctx["evaluate"]({s: paths[s] for s in ss},
-                                                         {s: "int8" for s in ss}), gates, log)
+                                                         {s: label for s in ss}), gates, log,
+                *SUGGEST[scheme])
             if suggestion["result"] is not None:
                 suggestion["table_text"] = format_table(suggestion["result"], gates)
-            log("[int8] suggestion: " + suggestion["text"])
+            log(f"[{tag}] suggestion: " + suggestion["text"])
             if apply_suggestion:
                 for s in suggestion["keep_higher_precision"]:
-                    manifest_stage_records[s].pop("onnx_int8", None)
+                    manifest_stage_records[s].pop(key, None)
+                    paths[s].unlink(missing_ok=True)
     else:
-        log("[int8] gate passed")
+        log(f"[{tag}] gate passed")
     return _json_ready({
         "table": table, "text": text, "passed": verdict["passed"],
         "failed_stages": verdict["failed_stages"], "reasons": verdict["reasons"],
-        "suggestion": suggestion, "int8_stages": stages, "method": method,
+        "suggestion": suggestion, "int8_stages": stages, "scheme": scheme,
+        "kept_int8": [s for s in stages if key in manifest_stage_records[s]],
+        **({"method": method} if scheme == "qdq" else {}),
         "episodes": ctx["episodes_desc"], "gates": gates.as_dict(),
     })

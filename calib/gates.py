@@ -62,11 +62,13 @@ def check(result: dict, gates: Gates = DEFAULT_GATES) -> dict:
 
 def suggest_mixed(int8_stages: Sequence[str], first: dict,
                   evaluate: Callable[[List[str]], dict], gates: Gates = DEFAULT_GATES,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, flag: str = "--int8-stages",
+                  fallback: str = "build with --precision fp16") -> dict:
     """The largest passing INT8 subset, searched greedily from the failing result ``first``.
 
     ``evaluate(stages)`` evaluates a setting with ``stages`` at INT8 and the
-    rest at FP32. Returns ``{"int8_stages", "keep_higher_precision", "result",
+    rest at FP32. ``flag`` / ``fallback``: the build option the suggestion
+    names, and what to do when no stage passes. Returns ``{"int8_stages", "keep_higher_precision", "result",
     "passed", "text"}``.
     """
     verdict = check(first, gates)
@@ -83,9 +85,9 @@ def suggest_mixed(int8_stages: Sequence[str], first: dict,
     keep = [s for s in int8_stages if s not in current]
     if current:
         text = (f"keep {', '.join(keep)} at fp16/fp32 and quantize only {', '.join(current)}: "
-                f"this passes the gate (e.g. --int8-stages {','.join(current)})")
+                f"this passes the gate (e.g. {flag} {','.join(current)})")
     else:
-        text = ("no INT8 stage passes the gate on these episodes: build with --precision fp16 "
+        text = (f"no INT8 stage passes the gate on these episodes: {fallback} "
                 "(or check that the calibration episodes represent the deployment data)")
     return {"int8_stages": current, "keep_higher_precision": keep, "result": result,
             "passed": bool(current), "text": text}

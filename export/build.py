@@ -94,6 +94,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="int8: comma-separated stages to quantize (or 'all'); the others "
                         "stay fp16. The build is refused (status failed) when the accuracy "
                         "gate fails, with the mixed setting that passes")
+    p.add_argument("--cpu-int8", default="", metavar="STAGES",
+                   help="also write <stage>.cpu-int8.onnx for these stages (comma separated, or "
+                        "'all'): every MatMul in dynamic INT8 for ONNX Runtime on CPUs with "
+                        "integer dot-product instructions (AVX512-VNNI/AVX-VNNI, Arm dotprod); "
+                        "measured on --calib episodes and kept only where it passes the INT8 "
+                        "gate. The runtime's onnxruntime backend uses them on the CPU "
+                        "(--cpu-int8 auto|on|off there). Any --precision")
     p.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"),
                    default="entropy", help="int8: activation range calibration method")
     p.add_argument("--plain-export", action="store_true",
@@ -169,6 +176,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         _fail(str(e))
     if args.max_batch < 1:
         _fail("--max-batch must be >= 1")
+    if args.cpu_int8:
+        from calib.build import parse_stages
+
+        try:
+            parse_stages(args.cpu_int8)
+        except ValueError as e:
+            _fail(f"--cpu-int8: {e}")
     from export.assembly import AdapterConfig, assemble
     from export.checkpoints import CheckpointError
 
@@ -306,6 +320,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"int8 accuracy gate failed for {calib['failed_stages']}: "
                 f"{'; '.join(calib['reasons'])}. Suggested: {hint}")
             _log(f"[int8] GATE FAILED: {manifest['status_reason']}")
+
+    if args.cpu_int8 and not failed:
+        from calib import build_int8
+        from calib.episodes import CalibrationDataError
+
+        _log(f"[cpu-int8] dynamic INT8 for {args.cpu_int8}, measured on "
+             f"{args.calib or 'generated episodes'} ...")
+        try:
+            dyn = build_int8(out, stage_records, args.cpu_int8, args.calib, _log,
+                             manifest=manifest, scheme="dynamic", apply_suggestion=True)
+        except (CalibrationDataError, ValueError) as e:
+            _fail(str(e))
+        manifest["cpu_int8"] = dyn
+        kept = dyn["kept_int8"]
+        _log(f"[cpu-int8] kept for ONNX Runtime on the CPU: {', '.join(kept) if kept else 'none'}"
+             + ("" if dyn["passed"] else " (the others stay FP32: see the gate above)"))
 
     from export.engines import build_engines
 

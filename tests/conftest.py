@@ -41,6 +41,20 @@ def plain_engines(tmp_path_factory) -> Path:
     return build_engines(tmp_path_factory.mktemp("engines") / "tiny-256-plain", "--plain-export")
 
 
+CPU_INT8_STAGES = ("memory_attention", "mask_decoder")
+
+
+@pytest.fixture(scope="session")
+def cpu_int8_engines(tiny_engines, tmp_path_factory) -> Path:
+    """A copy of ``tiny_engines`` re-built with ``--cpu-int8 memory_attention,mask_decoder``
+    (the FP32 stages are reused; only the dynamic-INT8 step and its gate run)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("cpu-int8") / "tiny-256"
+    shutil.copytree(tiny_engines, out)
+    return build_engines(out, "--cpu-int8", ",".join(CPU_INT8_STAGES))
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The PyTorch model the ``tiny_engines`` folder was exported from."""

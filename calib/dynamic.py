@@ -1,0 +1,84 @@
+"""Dynamic INT8 for ONNX Runtime on CPUs: ``<stage>.cpu-int8.onnx`` per stage.
+
+Why a second INT8 scheme besides the Q/DQ graphs of :mod:`calib.quantize`:
+those are made for TensorRT (static, symmetric scales that TensorRT fuses
+into its INT8 kernels); ONNX Runtime's CPU provider runs them mostly as
+float ops between Quantize/Dequantize pairs and measured *slower* than FP32
+(bench/int8_speed.py). CPUs with integer dot-product instructions (x86
+AVX512-VNNI / AVX-VNNI, Arm dot-product) run ORT's ``MatMulInteger`` at
+~3x the FP32 GEMM rate (measured on the project's AMD EPYC 2-core machine:
+4096^3 fp32 174 GFLOP/s vs int8 519 GOP/s; 4096x4100x256, the attention
+shape, 208 vs 766), and the stages are GEMM-bound. So here every ``MatMul``
+(projections, MLPs and the attention products QK^T and A.V alike) becomes
+``DynamicQuantizeLinear`` (uint8 activations, one scale per tensor, computed
+on each call: nothing to calibrate) + ``MatMulInteger`` with int8 weights
+(one scale per output channel): ``onnxruntime.quantization.quantize_dynamic``.
+Everything else (LayerNorm, Softmax, GELU, convolutions, RoPE) stays FP32.
+
+These files are for ONNX Runtime on the CPU only: TensorRT neither needs nor
+builds them (it takes the Q/DQ graphs). Their accuracy is measured and gated
+like every reduced-precision stage (:mod:`calib.gates`), on the calibration
+episodes, before the build keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Sequence
+
+from runtime.fileio import atomic_path
+
+FILE_SUFFIX = ".cpu-int8.onnx"
+
+
+def quantize_dynamic_stage(fp32_onnx: str | Path, out_onnx: str | Path, stage: str = "") -> Path:
+    """Write ``out_onnx``: ``fp32_onnx`` with every MatMul in dynamic INT8 (atomically)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from calib.quantize import QuantizationError
+
+    name = stage or Path(fp32_onnx).stem
+    out_onnx = Path(out_onnx)
+    quant_log = logging.getLogger()  # quantize_dynamic warns on the root logger about pre-processing
+    level = quant_log.level
+    quant_log.setLevel(logging.ERROR)
+    try:
+        with atomic_path(out_onnx) as tmp:
+            try:
+                # MatMulConstBOnly=False: quantize_dynamic's default (True) would
+                # leave the attention products (both inputs activations) in FP32.
+                quantize_dynamic(os.fspath(fp32_onnx), os.fspath(tmp), weight_type=QuantType.QInt8,
+                                 per_channel=True, op_types_to_quantize=["MatMul"],
+                                 extra_options={"MatMulConstBOnly": False})
+            except Exception as e:
+                raise QuantizationError(
+                    f"{name}: dynamic INT8 quantization failed: {type(e).__name__}: {e}") from e
+    finally:
+        quant_log.setLevel(level)
+    return out_onnx
+
+
+def count_integer_matmuls(onnx_path: str | Path) -> Dict[str, int]:
+    """``MatMulInteger`` / remaining float ``MatMul`` node counts (a check that quantization went in)."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(os.fspath(onnx_path), load_external_data=False).graph.node]
+    return {"MatMulInteger": ops.count("MatMulInteger"), "MatMul": ops.count("MatMul")}
+
+
+def quantize_dynamic_stages(engine_dir: Path, stage_records: Mapping[str, dict], stages: Sequence[str],
+                            log=print) -> Dict[str, Path]:
+    """Quantize each of ``stages`` from its FP32 ONNX; returns ``{stage: <stage>.cpu-int8.onnx}``."""
+    paths: Dict[str, Path] = {}
+    for s in stages:
+        src = Path(engine_dir) / stage_records[s]["onnx"]["file"]
+        dst = Path(engine_dir) / f"{s}{FILE_SUFFIX}"
+        log(f"[cpu-int8] {s}: quantizing every MatMul (dynamic, per-channel int8 weights) ...")
+        quantize_dynamic_stage(src, dst, stage=s)
+        n = count_integer_matmuls(dst)
+        log(f"[cpu-int8] {s}: wrote {dst.name} ({n['MatMulInteger']} MatMulInteger, "
+            f"{n['MatMul']} float MatMul left)")
+        paths[s] = dst
+    return paths
