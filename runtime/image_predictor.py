@@ -40,9 +40,11 @@ class ImagePredictor:
 
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "auto", threads: int = 0,
-             providers: Optional[Sequence[str]] = None, mask_threshold: float = 0.0) -> "ImagePredictor":
+             providers: Optional[Sequence[str]] = None, mask_threshold: float = 0.0,
+             cpu_int8: str = "auto") -> "ImagePredictor":
         """Open an engines folder made by ``python -m export.build`` (stock SAM2: ``--stock-sam2 --no-adapters``)."""
-        return cls(Sam2Engines.open(engine_dir, backend, threads=threads, providers=providers),
+        return cls(Sam2Engines.open(engine_dir, backend, threads=threads, providers=providers,
+                                    cpu_int8=cpu_int8),
                    mask_threshold)
 
     def close(self) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -52,10 +53,17 @@ class FewShotSegmenter:
     # -------------------------------------------------------------- lifecycle
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "auto", threshold: float = 0.5,
-             threads: int = 0, providers: Optional[Sequence[str]] = None) -> "FewShotSegmenter":
-        """Open an engines folder made by ``python -m export.build``."""
+             threads: int = 0, providers: Optional[Sequence[str]] = None,
+             cpu_int8: str = "auto") -> "FewShotSegmenter":
+        """Open an engines folder made by ``python -m export.build``.
+
+        ``cpu_int8``: "auto" runs the folder's dynamic-INT8 stages (built with
+        ``--cpu-int8``) on ONNX Runtime's CPU provider, "on" requires them,
+        "off" runs FP32 (:mod:`runtime.backends`).
+        """
         threshold_logit(threshold)
-        e = Sam2Engines.open(engine_dir, backend, threads=threads, providers=providers)
+        e = Sam2Engines.open(engine_dir, backend, threads=threads, providers=providers,
+                             cpu_int8=cpu_int8)
         return cls(e.runners, e.manifest, e.consts, threshold)
 
     def close(self) -> None:
@@ -153,13 +161,56 @@ class FewShotSegmenter:
         if not self._refs:
             raise InputError("segment() before any reference: call add_reference() first")
         t0 = time.perf_counter()
+        return self._finish(t0, *self._encode(image))
+
+    def segment_stream(self, frames: Iterable[np.ndarray], pipelined: bool = True
+                       ) -> Iterator[SegmentationResult]:
+        """:meth:`segment` for each of ``frames``, in order, with the same results.
+
+        ``pipelined``: the image encoder of the next frame runs in a worker
+        thread while this frame's memory attention and mask decoder run (ONNX
+        Runtime releases the GIL while it computes), so a frame's latency
+        stays that of :meth:`segment` but the stream gains the overlap. Only
+        with the onnxruntime backend, whose stage outputs are fresh host
+        arrays; TensorRT runners reuse their output buffers and run in order.
+        A frame's ``timings["total"]`` is then its wall time since the
+        previous result, the figure frames/s is made of.
+        """
+        if not self._refs:
+            raise InputError("segment_stream() before any reference: call add_reference() first")
+        if not pipelined or self.backend != "onnxruntime":
+            for frame in frames:
+                yield self.segment(frame)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder") as pool:
+            it = iter(frames)
+            first = next(it, None)
+            if first is None:
+                return
+            pending = pool.submit(self._encode, first)
+            t_prev = time.perf_counter()
+            for frame in it:
+                encoded = pending.result()
+                pending = pool.submit(self._encode, frame)
+                res = self._finish(t_prev, *encoded)
+                t_prev = time.perf_counter()
+                yield res
+            yield self._finish(t_prev, *pending.result())
+
+    def _encode(self, image: np.ndarray):
+        """Pre-processing and the image encoder: ``(rgb [H,W,3] float, encoder outputs, timings)``."""
+        t0 = time.perf_counter()
         rgb = image_to_float_rgb(image, "image")
         x = image_to_model_input(rgb, self.size)
         t1 = time.perf_counter()
         enc = self.engines.runners["image_encoder"].infer({"image": x})
         t2 = time.perf_counter()
-        timings = {"preprocess": t1 - t0, "image_encoder": t2 - t1,
-                   "memory_attention": 0.0, "mask_decoder": 0.0, "postprocess": 0.0}
+        return rgb, enc, {"preprocess": t1 - t0, "image_encoder": t2 - t1}
+
+    def _finish(self, t0: float, rgb: np.ndarray, enc: Mapping[str, Any],
+                enc_timings: Mapping[str, float]) -> SegmentationResult:
+        """Memory attention, mask decoder and post-processing of every concept on encoded ``rgb``."""
+        timings = {**enc_timings, "memory_attention": 0.0, "mask_decoder": 0.0, "postprocess": 0.0}
         results = {}
         eng = self.engines
         for concept in self._refs:

@@ -66,12 +66,17 @@ class Sam2Engines:
 
     @classmethod
     def open(cls, engine_dir: str | Path, backend: str = "auto", threads: int = 0,
-             providers: Optional[Sequence[str]] = None) -> "Sam2Engines":
-        """Open an engines folder made by ``python -m export.build``."""
+             providers: Optional[Sequence[str]] = None, cpu_int8: str = "auto") -> "Sam2Engines":
+        """Open an engines folder made by ``python -m export.build``.
+
+        ``cpu_int8`` ("auto" | "on" | "off"): whether ONNX Runtime on the CPU
+        runs the folder's dynamic-INT8 files (:mod:`runtime.backends`).
+        """
         manifest = load_manifest(engine_dir)
         with np.load(Path(engine_dir) / CONSTANTS_NAME) as z:
             constants = {k: z[k] for k in z.files}
-        runners = open_runners(engine_dir, manifest, backend, threads=threads, providers=providers)
+        runners = open_runners(engine_dir, manifest, backend, threads=threads, providers=providers,
+                               cpu_int8=cpu_int8)
         return cls(runners, manifest, constants)
 
     def close(self) -> None:
@@ -80,6 +85,12 @@ class Sam2Engines:
     @property
     def backend(self) -> str:
         return self.runners["image_encoder"].backend_name
+
+    @property
+    def stage_files(self) -> Dict[str, str]:
+        """The file each stage runs from (name only), e.g. ``memory_attention.cpu-int8.onnx``."""
+        return {s: Path(getattr(r, "onnx_path", None) or getattr(r, "engine_path", "")).name
+                for s, r in self.runners.items()}
 
     @property
     def stage_calls(self) -> Dict[str, int]:

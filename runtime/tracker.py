@@ -89,9 +89,11 @@ class VideoTracker:
 
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "auto", threads: int = 0,
-             providers: Optional[Sequence[str]] = None, mask_threshold: float = 0.0) -> "VideoTracker":
+             providers: Optional[Sequence[str]] = None, mask_threshold: float = 0.0,
+             cpu_int8: str = "auto") -> "VideoTracker":
         """Open an engines folder made by ``python -m export.build`` (stock SAM2: ``--stock-sam2 --no-adapters``)."""
-        return cls(Sam2Engines.open(engine_dir, backend, threads=threads, providers=providers),
+        return cls(Sam2Engines.open(engine_dir, backend, threads=threads, providers=providers,
+                                    cpu_int8=cpu_int8),
                    mask_threshold)
 
     def close(self) -> None:

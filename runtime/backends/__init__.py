@@ -3,6 +3,13 @@
 ``onnxruntime`` runs the ONNX files (CPU; CUDA with onnxruntime-gpu),
 ``tensorrt`` runs the ``.engine`` files, ``auto`` picks TensorRT when the folder
 has engines and TensorRT imports, else ONNX Runtime.
+
+``cpu_int8`` picks, for ONNX Runtime, between a stage's FP32 ONNX and its
+dynamic-INT8 version (``<stage>.cpu-int8.onnx``, written by ``export.build
+--cpu-int8`` where it passed the accuracy gate): ``"auto"`` uses the INT8
+file of every stage that has one when the session runs on the CPU provider
+only, ``"on"`` requires them (an error if the folder has none, or with
+another backend), ``"off"`` always runs FP32.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from runtime.manifest import manifest_specs, stage_file
 from runtime.spec import STAGES, StageSpec
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+CPU_INT8_MODES = ("auto", "on", "off")
+CPU_INT8_KEY = "onnx_cpu_int8"  # manifest stage entry of the dynamic-INT8 ONNX file
 
 
 def resolve_backend(backend: str, manifest: dict, stages=STAGES) -> str:
@@ -36,24 +45,52 @@ def resolve_backend(backend: str, manifest: dict, stages=STAGES) -> str:
     return backend
 
 
+def onnx_file_kinds(manifest: dict, stages, kind: str, cpu_int8: str, providers=None) -> Dict[str, str]:
+    """The manifest file entry (``"onnx"`` or ``"onnx_cpu_int8"``) each stage runs from.
+
+    ``kind``: the resolved backend; ``providers``: ONNX Runtime providers
+    (None: :func:`default_providers`). See the module docstring for ``cpu_int8``.
+    """
+    if cpu_int8 not in CPU_INT8_MODES:
+        raise ValueError(f"unknown cpu_int8 mode {cpu_int8!r}; choose one of {', '.join(CPU_INT8_MODES)}")
+    has = [s for s in stages if manifest["stages"][s].get(CPU_INT8_KEY)]
+    if cpu_int8 == "on":
+        if kind != "onnxruntime":
+            raise ValueError(f"cpu_int8='on' needs the onnxruntime backend (CPU), not {kind!r}")
+        if not has:
+            raise ValueError(
+                "cpu_int8='on' but this engines folder has no dynamic-INT8 ONNX files: build it "
+                "with `python -m export.build ... --cpu-int8 image_encoder,memory_attention`, "
+                "or run FP32 (cpu_int8='off')")
+    use = cpu_int8 == "on"
+    if cpu_int8 == "auto" and kind == "onnxruntime" and has:
+        from runtime.backends.onnxruntime import default_providers
+
+        use = list(providers or default_providers()) == ["CPUExecutionProvider"]
+    return {s: CPU_INT8_KEY if use and s in has else "onnx" for s in stages}
+
+
 def open_runners(engine_dir: str | Path, manifest: dict, backend: str = "auto",
                  threads: int = 0, providers=None,
-                 specs: Optional[Dict[str, StageSpec]] = None) -> Dict[str, StageRunner]:
+                 specs: Optional[Dict[str, StageSpec]] = None,
+                 cpu_int8: str = "auto") -> Dict[str, StageRunner]:
     """Create and activate one runner per stage (all or nothing).
 
     ``specs``: the stages to open, in order (default: the four SAM2 stages of
-    the manifest; the dense models pass their own).
+    the manifest; the dense models pass their own). ``cpu_int8``: see the
+    module docstring.
     """
     specs = manifest_specs(manifest) if specs is None else specs
     stages = tuple(specs)
     kind = resolve_backend(backend, manifest, stages)
+    files = onnx_file_kinds(manifest, stages, kind, cpu_int8, providers)
     runners: Dict[str, StageRunner] = {}
     try:
         if kind == "onnxruntime":
             from runtime.backends.onnxruntime import OnnxRuntimeStageRunner
 
             for s in stages:
-                path = stage_file(engine_dir, manifest, s, "onnx")
+                path = stage_file(engine_dir, manifest, s, files[s])
                 runners[s] = OnnxRuntimeStageRunner(specs[s], path, threads, providers).activate()
         else:
             from runtime.backends.tensorrt import TensorRTStageRunner
@@ -79,4 +116,5 @@ def close_runners(runners: Dict[str, StageRunner]) -> None:
         r.deactivate()
 
 
-__all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "StageRunner", "open_runners", "resolve_backend"]
+__all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "CPU_INT8_MODES", "StageRunner",
+           "onnx_file_kinds", "open_runners", "resolve_backend"]

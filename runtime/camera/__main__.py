@@ -39,6 +39,7 @@ import threading
 from pathlib import Path
 from typing import List, Optional
 
+from runtime.backends import CPU_INT8_MODES
 from runtime.camera.loop import CameraLoop, Display, LoopOptions, VideoSink
 from runtime.camera.prompts import PromptError, parse_prompts
 from runtime.camera.references import ReferenceError, apply_references, collect_references
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     p.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
+    p.add_argument("--cpu-int8", choices=CPU_INT8_MODES, default="auto",
+                   help="ONNX Runtime on the CPU: run the stages built with export.build --cpu-int8 in "
+                        "dynamic INT8 (auto: when the folder has them; off: FP32 always)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N captured frames")
     p.add_argument("--queue-size", type=int, default=2, help="frames per queue between stages (default 2)")
     p.add_argument("--fps", type=float, default=0.0, help="output video FPS (default: the source's, else 30)")
@@ -181,12 +185,13 @@ def _load_step(args, refs, objects) -> InferenceStep:
         from runtime.tracker import VideoTracker
 
         trk = VideoTracker.load(args.engines, backend=args.backend, threads=args.threads,
+                                cpu_int8=args.cpu_int8,
                                 mask_threshold=threshold_logit(args.threshold))
         return TrackingStep(trk, objects)
     from runtime.pipeline import FewShotSegmenter
 
     seg = FewShotSegmenter.load(args.engines, backend=args.backend, threshold=args.threshold,
-                                threads=args.threads)
+                                threads=args.threads, cpu_int8=args.cpu_int8)
 
     def reset(s):
         try:

@@ -136,3 +136,49 @@ def test_tensorrt_backend_without_engines_says_why(tiny_engines):
 
     with pytest.raises(BackendUnavailable, match="no TensorRT engines"):
         FewShotSegmenter.load(tiny_engines, backend="tensorrt")
+
+
+def test_cpu_int8_modes_are_checked(tiny_engines):
+    with pytest.raises(ValueError, match="unknown cpu_int8 mode 'yes'"):
+        FewShotSegmenter.load(tiny_engines, cpu_int8="yes")
+    with pytest.raises(ValueError, match="--cpu-int8"):
+        FewShotSegmenter.load(tiny_engines, backend="onnxruntime", cpu_int8="on")
+
+
+def test_cpu_int8_file_choice():
+    from runtime.backends import onnx_file_kinds
+
+    m = {"stages": {"a": {"onnx": {"file": "a.onnx"}, "onnx_cpu_int8": {"file": "a.cpu-int8.onnx"}},
+                    "b": {"onnx": {"file": "b.onnx"}}}}
+    cpu = ["CPUExecutionProvider"]
+    assert onnx_file_kinds(m, ("a", "b"), "onnxruntime", "auto", cpu) == {"a": "onnx_cpu_int8", "b": "onnx"}
+    assert onnx_file_kinds(m, ("a", "b"), "onnxruntime", "off", cpu) == {"a": "onnx", "b": "onnx"}
+    # auto: the INT8 graphs are for the CPU provider only
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_file_kinds(m, ("a", "b"), "onnxruntime", "auto", gpu) == {"a": "onnx", "b": "onnx"}
+    assert onnx_file_kinds(m, ("a", "b"), "tensorrt", "auto") == {"a": "onnx", "b": "onnx"}
+    with pytest.raises(ValueError, match="needs the onnxruntime backend"):
+        onnx_file_kinds(m, ("a", "b"), "tensorrt", "on")
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_segment_stream_equals_segment(seg, pipelined):
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, (200 + 10 * i, 240, 3), dtype=np.uint8) for i in range(3)]
+    seg.clear()
+    seg.add_reference(frames[0], np.pad(np.ones((50, 60), bool), ((40, 110), (60, 120))), concept="c")
+    one_by_one = [seg.segment(f)["c"].logits for f in frames]
+    streamed = list(seg.segment_stream(iter(frames), pipelined=pipelined))
+    assert len(streamed) == 3
+    for a, r in zip(one_by_one, streamed):
+        np.testing.assert_allclose(r["c"].logits, a, rtol=0, atol=1e-5)
+        assert r.timings["total"] > 0
+    assert list(seg.segment_stream([], pipelined=pipelined)) == []
+
+
+def test_segment_stream_reports_a_bad_frame(seg):
+    seg.clear()
+    img = np.zeros((64, 64, 3), np.uint8)
+    seg.add_reference(img, np.pad(np.ones((20, 20), bool), 22), concept="c")
+    with pytest.raises(InputError, match="image"):
+        list(seg.segment_stream([img, np.zeros((64, 64), np.float64) + 5.0]))
