@@ -4,6 +4,9 @@ The achieved GFLOP/s of every stage is reported as a fraction of this number,
 so "40% of peak" means the same thing on any machine. On the CPU the matmul
 runs through torch (MKL/oneDNN) with the benchmark's thread count; where
 ``torch.cuda`` is available it is also timed on the GPU with CUDA events.
+The CPU's INT8 GEMM rate (ONNX Runtime's ``MatMulInteger``, uint8 x int8, the
+kernel the dynamic-INT8 stages run on) is measured too, for reading the
+``--cpu-int8`` variants: their GEMMs can run faster than the FP32 peak.
 """
 
 from __future__ import annotations
@@ -32,6 +35,34 @@ def cpu_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = No
                 "threads": torch.get_num_threads()}
     finally:
         torch.set_num_threads(old)
+
+
+def cpu_int8_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = None
+                         ) -> Dict[str, float]:
+    """Best-of-``repeats`` GOP/s of an ``n x n`` uint8 x int8 ``MatMulInteger`` in ONNX Runtime (CPU)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_peak",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or 0
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8),
+             "b": rng.integers(-127, 128, (n, n), dtype=np.int8)}
+    sess.run(None, feeds)
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        best = min(best, time.perf_counter() - t)
+    return {"device": "cpu", "n": n, "seconds": best, "gops": 2.0 * n ** 3 / best / 1e9}
 
 
 def cuda_matmul_peak(n: int = 8192, repeats: int = 5) -> Optional[Dict[str, float]]:
@@ -64,5 +95,6 @@ def cuda_matmul_peak(n: int = 8192, repeats: int = 5) -> Optional[Dict[str, floa
 
 
 def measure_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = None) -> Dict[str, object]:
-    """``{"cpu": {...}, "cuda": {...} or None}``."""
-    return {"cpu": cpu_matmul_peak(n, repeats, threads), "cuda": cuda_matmul_peak()}
+    """``{"cpu": {...}, "cpu_int8": {...}, "cuda": {...} or None}``."""
+    return {"cpu": cpu_matmul_peak(n, repeats, threads),
+            "cpu_int8": cpu_int8_matmul_peak(n, repeats, threads), "cuda": cuda_matmul_peak()}

@@ -46,10 +46,18 @@ def markdown(rec: Dict) -> str:
              f"batch={s['batch']}, warm-up {s['warmup']}, {s['iterations']} iterations"
              f"{_rounds(s)}. "
              f"Peak (fp32 matmul {rec['peak']['cpu']['n']}^3, same run): "
-             f"{rec['peak']['cpu']['gflops']:.0f} GFLOP/s.", ""]
+             f"{rec['peak']['cpu']['gflops']:.0f} GFLOP/s"
+             + (f"; INT8 GEMM (ORT MatMulInteger {rec['peak']['cpu_int8']['n']}^3): "
+                f"{rec['peak']['cpu_int8']['gops']:.0f} GOP/s" if rec["peak"].get("cpu_int8") else "")
+             + ". \"% peak\" is of the FP32 peak for every row (INT8 rows can exceed 100%).", ""]
+    first = len(rec["variants"]) > 1
+    if first:
+        lines += [f"\"vs 1st\": speed-up over the first variant, {rec['variants'][0]['label']} "
+                  "(> 1: faster).", ""]
+    c1, a1 = (" vs 1st |", "---:|") if first else ("", "")
     lines += ["## Per-stage latency (same inputs; ms: median / p90 / p99)", "",
-              "| variant | stage | case | GFLOP | median | p90 | p99 | GFLOP/s | % peak | vs PyTorch |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| variant | stage | case | GFLOP | median | p90 | p99 | GFLOP/s | % peak | vs PyTorch |" + c1,
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + a1]
     for v in rec["variants"] + ([rec["pytorch"]] if rec.get("pytorch") else []):
         for row in v["stages"]:
             lines.append(
@@ -57,19 +65,35 @@ def markdown(rec: Dict) -> str:
                 f"{_num(row.get('gflop'))} | "
                 f"{_ms(row['median'])} | {_ms(row['p90'])} | {_ms(row['p99'])} | "
                 f"{_num(row.get('gflops'))} | {_pct(row.get('peak_fraction'))} | "
-                f"{_ratio(row.get('speedup_vs_pytorch'))} |")
+                f"{_ratio(row.get('speedup_vs_pytorch'))} |"
+                + (f" {_ratio(row.get('speedup_vs_1st'))} |" if first else ""))
     lines += _work_note(rec)
     lines += ["", "## Pipeline (FewShotSegmenter vs TorchFewShotSegmenter, same images)", "",
-              "| variant | shots | steady frame ms (median / p90 / p99) | frames/s | vs PyTorch | "
-              "reference ms (median) | refs/s | vs PyTorch |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+              "| variant | shots | steady frame ms (median / p90 / p99) | frames/s | vs PyTorch |"
+              + (" vs 1st |" if first else "") + " reference ms (median) | refs/s | vs PyTorch |"
+              + (" vs 1st |" if first else ""),
+              "|---|---:|---|---:|---:|" + a1 + "---:|---:|---:|" + a1]
     for v in rec["variants"] + ([rec["pytorch"]] if rec.get("pytorch") else []):
         for p in v.get("pipeline", []):
             f, r = p["frame"], p["reference"]
             lines.append(
                 f"| {v['label']} | {p['shots']} | {_ms(f['median'])} / {_ms(f['p90'])} / {_ms(f['p99'])} | "
-                f"{p['frames_per_s']:.2f} | {_ratio(p.get('frame_speedup_vs_pytorch'))} | "
-                f"{_ms(r['median'])} | {p['references_per_s']:.2f} | "
-                f"{_ratio(p.get('reference_speedup_vs_pytorch'))} |")
+                f"{p['frames_per_s']:.2f} | {_ratio(p.get('frame_speedup_vs_pytorch'))} |"
+                + (f" {_ratio(p.get('frame_speedup_vs_1st'))} |" if first else "")
+                + f" {_ms(r['median'])} | {p['references_per_s']:.2f} | "
+                f"{_ratio(p.get('reference_speedup_vs_pytorch'))} |"
+                + (f" {_ratio(p.get('reference_speedup_vs_1st'))} |" if first else ""))
+    st = [(v["label"], p) for v in rec["variants"] for p in v.get("pipeline", [])
+          if p.get("stream_frames_per_s")]
+    if st:
+        lines += ["", "## Stream (segment_stream, frames back to back; pipelined: the next frame's "
+                  "encoder overlaps this frame's memory attention and decoder)", "",
+                  "| variant | shots | sequential frames/s | pipelined frames/s | pipelined vs sequential |",
+                  "|---|---:|---:|---:|---:|"]
+        for label, p in st:
+            f = p["stream_frames_per_s"]
+            lines.append(f"| {label} | {p['shots']} | {f['sequential']:.2f} | {f['pipelined']:.2f} | "
+                         f"{_ratio(f['pipelined'] / f['sequential'])} |")
     bt = [(v["label"], b) for v in rec["variants"] for b in v.get("batch", [])]
     if bt:
         lines += ["", "## Image encoder throughput", "", "| variant | batch | median ms | images/s |",
@@ -81,8 +105,11 @@ def markdown(rec: Dict) -> str:
                 lines.append(f"| {label} | {b['batch']} | {_ms(b['median'])} | {b['images_per_s']:.2f} |")
     lines += ["", "## Memory", ""]
     for v in rec["variants"] + ([rec["pytorch"]] if rec.get("pytorch") else []):
-        lines.append(f"- {v['label']}: peak host RSS {v.get('peak_rss_mb', 0):.0f} MB"
+        lines.append(f"- {v['label']}: peak host RSS while it ran {v.get('rss_peak_mb', 0):.0f} MB "
+                     f"(+{v.get('rss_growth_mb', 0):.0f} MB over the RSS it started at)"
                      + (f", device {v['device_mem_mb']:.0f} MB" if v.get("device_mem_mb") else ""))
+    lines.append(f"- process peak RSS (ru_maxrss, all variants): "
+                 f"{max(v.get('peak_rss_mb', 0) for v in rec['variants']):.0f} MB")
     lines += ["", f"Command: `{rec['command']}`", ""]
     return "\n".join(lines)
 

@@ -11,12 +11,21 @@ are compared) and every ``--shots`` k, on the same synthetic images:
 - **pipeline**: ``FewShotSegmenter`` steady state (references cached: one
   ``segment`` per frame, per-stage timings incl. pre/post-processing) and
   reference encoding (``add_reference``), frames/s and references/s;
+- **stream**: ``segment_stream`` over consecutive frames, sequential and
+  pipelined (the next frame's encoder overlapping this frame's memory
+  attention and decoder; onnxruntime only), frames/s of each;
 - **batch**: image-encoder throughput at ``--batch`` sizes the engine's batch
   axis allows;
+- ``--cpu-int8 both``: folders built with ``export.build --cpu-int8`` are
+  timed twice, FP32 and with their dynamic-INT8 stages (ONNX Runtime CPU);
+- several folders (e.g. one built with ``--plain-export``, one without):
+  every figure also as a ratio to the first variant ("vs 1st");
 - with ``--compare-pytorch``: the same on the PyTorch reference
   (``TorchFewShotSegmenter`` and the sub-networks in sam2's order of
   operations) in the same run, every figure also as a speed-up ratio;
-- peak host RSS (and CUDA device memory where torch sees a GPU).
+- host memory per variant: peak RSS while it ran and its rise above the RSS
+  it started at (bench/rss.py), the process peak, and CUDA device memory
+  where torch sees a GPU.
 
 ``--rounds R`` repeats everything R times, every other round in reverse
 order, and pools the samples: on a machine shared with other jobs, load that
@@ -42,6 +51,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
+CPU_INT8_CHOICES = ("auto", "on", "off", "both")
 PIPE_STAGES = ("preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess", "total")
 
 
@@ -71,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat all variants this many times, alternating their order (shared machines)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: backend default)")
+    p.add_argument("--cpu-int8", default="auto", choices=CPU_INT8_CHOICES,
+                   help="onnxruntime on the CPU: run folders' dynamic-INT8 stages (auto/on), FP32 "
+                        "only (off), or time both as separate variants (both)")
     p.add_argument("--compare-pytorch", action="store_true", help="time the PyTorch reference too")
     p.add_argument("--peak-size", type=int, default=4096, help="matrix side of the peak matmul")
     p.add_argument("--out", type=Path, required=True, help="output path without suffix")
@@ -190,17 +203,39 @@ def _time_references(segmenter, k: int, refs, masks) -> List[float]:
     return times
 
 
-def collect_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, cases) -> dict:
+def engine_variants(args, manifests) -> List[tuple]:
+    """``(engines folder, manifest, cpu_int8 mode)`` per variant to time, in the given order."""
+    from runtime.backends import CPU_INT8_KEY
+
+    out = []
+    for d, m in zip(args.engines, manifests):
+        has = any(st.get(CPU_INT8_KEY) for st in m["stages"].values())
+        if args.cpu_int8 == "on" and not has:
+            raise BenchError(f"--cpu-int8 on: {d} has no dynamic-INT8 stages (build it with "
+                             "export.build --cpu-int8 STAGES, or use --cpu-int8 auto)")
+        modes = ["off", "on"] if args.cpu_int8 == "both" and has else [
+            "off" if args.cpu_int8 == "both" else args.cpu_int8]
+        out += [(d, m, mode) for mode in modes]
+    return out
+
+
+def collect_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, cases,
+                    cpu_int8: str = "auto") -> dict:
     """One round on an engines folder: raw seconds per stage case, pipeline stage and batch size."""
     from export.onnx_export import example_feeds
     from runtime.manifest import manifest_specs
     from runtime.pipeline import FewShotSegmenter
 
     specs = manifest_specs(manifest)
-    seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads)
-    raw = {"label": f"{engine_dir.name} [{seg.backend}, {manifest.get('precision')}]",
-           "engines": str(engine_dir), "backend": seg.backend, "precision": manifest.get("precision"),
-           "stages": {}, "pipeline": {}, "batch": {}}
+    seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads,
+                                cpu_int8=cpu_int8)
+    int8 = [s for s, f in seg.engines.stage_files.items() if f.endswith(".cpu-int8.onnx")]
+    precision = manifest.get("precision") if seg.backend == "tensorrt" else "fp32"
+    if int8:
+        precision += " + int8 dynamic: " + ", ".join(int8)
+    raw = {"label": f"{engine_dir.name} [{seg.backend}, {precision}]",
+           "engines": str(engine_dir), "backend": seg.backend, "precision": precision,
+           "cpu_int8_stages": int8, "stages": {}, "pipeline": {}, "batch": {}}
     for name, case in cases.items():
         feeds = example_feeds(specs[case["stage"]], _case_axes(case, specs))
         r = seg.runners[case["stage"]]
@@ -214,7 +249,10 @@ def collect_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks,
             res = seg.segment(frames[i % len(frames)])
             for s in PIPE_STAGES:
                 per[s].append(res.timings.get(s, 0.0))
-        raw["pipeline"][k] = {"frame_stages": per, "reference": ref_t}
+        stream = [frames[i % len(frames)] for i in range(args.iterations + 1)]
+        raw["pipeline"][k] = {"frame_stages": per, "reference": ref_t, "stream": {
+            mode: [r.timings["total"] for r in seg.segment_stream(stream, pipelined=mode == "pipelined")][1:]
+            for mode in ("sequential", "pipelined")}}
     bmax = specs["image_encoder"].axis_ranges.get("batch", (1, 1, 1))[2]
     for b in args.batch_list:
         if b > bmax:
@@ -290,6 +328,8 @@ def summarize_variant(raw: dict, cases, flops, peak) -> dict:
         frame, ref = summarize(p["frame_stages"]["total"]), summarize(p["reference"])
         row = {"shots": k, "frame": frame, "frames_per_s": 1.0 / frame["median"],
                "reference": ref, "references_per_s": 1.0 / ref["median"]}
+        if p.get("stream"):  # frames back to back; the first one (pipeline fill) is left out
+            row["stream_frames_per_s"] = {m: 1.0 / summarize(t)["median"] for m, t in p["stream"].items()}
         if len(p["frame_stages"]) > 1:
             row["frame_stages"] = {s: summarize(v) for s, v in p["frame_stages"].items()}
         pipeline.append(row)
@@ -304,19 +344,20 @@ def summarize_variant(raw: dict, cases, flops, peak) -> dict:
             "stages": stages, "pipeline": pipeline, "batch": batch}
 
 
-def _attach_ratios(variants: List[dict], pt: dict) -> None:
-    """Every figure of every variant also as a speed-up over PyTorch (>1: faster)."""
-    pt_stage = {r["case"]: r["median"] for r in pt["stages"]}
-    pt_pipe = {p["shots"]: p for p in pt["pipeline"]}
+def _attach_ratios(variants: List[dict], base: dict, name: str = "pytorch") -> None:
+    """Every figure of every variant also as a speed-up over ``base`` (>1: faster), stored as
+    ``speedup_vs_<name>`` (stages), ``frame_/reference_speedup_vs_<name>`` (pipeline)."""
+    base_stage = {r["case"]: r["median"] for r in base["stages"]}
+    base_pipe = {p["shots"]: p for p in base["pipeline"]}
     for v in variants:
         for r in v["stages"]:
-            if r["case"] in pt_stage:
-                r["speedup_vs_pytorch"] = pt_stage[r["case"]] / r["median"]
+            if r["case"] in base_stage:
+                r[f"speedup_vs_{name}"] = base_stage[r["case"]] / r["median"]
         for p in v["pipeline"]:
-            q = pt_pipe.get(p["shots"])
+            q = base_pipe.get(p["shots"])
             if q:
-                p["frame_speedup_vs_pytorch"] = q["frame"]["median"] / p["frame"]["median"]
-                p["reference_speedup_vs_pytorch"] = q["reference"]["median"] / p["reference"]["median"]
+                p[f"frame_speedup_vs_{name}"] = q["frame"]["median"] / p["frame"]["median"]
+                p[f"reference_speedup_vs_{name}"] = q["reference"]["median"] / p["reference"]["median"]
 
 
 def _model_for(manifest: dict):
@@ -376,35 +417,40 @@ def reference_nets(model) -> Dict[str, object]:
 
     Their FLOPs are the work every variant is rated on (sam2's computation).
     """
-    from export.subnets import MemoryAttentionNet, build_subnets, vision_pos_enc
+    from export.subnets import build_subnets
 
-    nets = build_subnets(model)
-    nets["memory_attention"] = MemoryAttentionNet(model, vision_pos_enc(model), fold_values=False)
-    return {k: v.eval() for k, v in nets.items()}
+    return build_subnets(model, fold_values=False)
 
 
-def measure_rounds(args, manifests, frames, refs, masks, cases, nets, specs, model, peak) -> dict:
+def measure_rounds(args, variants, frames, refs, masks, cases, nets, specs, model, peak) -> dict:
     """``--rounds`` rounds over every engines folder (and the PyTorch reference),
     in reverse order every other round, so drift from a shared machine's load
     falls on every variant alike; samples are pooled per variant.
 
     The matmul peak is measured again after each round and the best is kept
     in ``peak["cpu"]`` (``peak["cpu_rounds"]``: all of them, showing the
-    interference). Returns ``{"engines": [pooled raw per folder], "pytorch": pooled raw or None}``.
+    interference). ``variants``: :func:`engine_variants`. Returns
+    ``{"engines": [pooled raw per variant], "pytorch": pooled raw or None}``.
     """
-    from bench.peak import measure_peak
+    from bench.peak import cpu_matmul_peak
+    from bench.rss import RssSampler
 
-    keys = list(range(len(args.engines))) + (["pytorch"] if args.compare_pytorch else [])
+    keys = list(range(len(variants))) + (["pytorch"] if args.compare_pytorch else [])
     rounds: Dict[object, List[dict]] = {k: [] for k in keys}
     peak["cpu_rounds"] = [peak["cpu"]]
     for i in range(args.rounds):
         for k in keys if i % 2 == 0 else keys[::-1]:
-            what = "pytorch reference" if k == "pytorch" else f"{args.engines[k]} ({args.backend})"
+            what = ("pytorch reference" if k == "pytorch"
+                    else f"{variants[k][0]} ({args.backend}, cpu-int8 {variants[k][2]})")
             print(f"[bench] round {i + 1}/{args.rounds}: {what} ...", flush=True)
-            rounds[k].append(
-                collect_pytorch(args, frames, refs, masks, cases, nets, specs, model) if k == "pytorch"
-                else collect_engines(args.engines[k], manifests[k], args, frames, refs, masks, cases))
-        peak["cpu_rounds"].append(measure_peak(min(args.peak_size, 4096), threads=args.threads or None)["cpu"])
+            with RssSampler() as mem:
+                raw = (collect_pytorch(args, frames, refs, masks, cases, nets, specs, model)
+                       if k == "pytorch" else
+                       collect_engines(variants[k][0], variants[k][1], args, frames, refs, masks,
+                                       cases, cpu_int8=variants[k][2]))
+            raw.update(mem.result())
+            rounds[k].append(raw)
+        peak["cpu_rounds"].append(cpu_matmul_peak(min(args.peak_size, 4096), threads=args.threads or None))
     peak["cpu"] = max(peak["cpu_rounds"], key=lambda p: p["gflops"])
     return {"engines": [pool_rounds(rounds[k]) for k in keys if k != "pytorch"],
             "pytorch": pool_rounds(rounds["pytorch"]) if args.compare_pytorch else None}
@@ -436,19 +482,22 @@ def run(args) -> dict:
           + ", ".join(f"{k} {v / 1e9:.1f} GFLOP" for k, v in flops.items()), flush=True)
     imgs, masks = synthetic_images(size, max(args.shots_list) + 2, seed=0)
     refs, frames = imgs[:-2], imgs[-2:]
-    raw = measure_rounds(args, manifests, frames, refs, masks, cases, nets, specs, model, peak)
+    raw = measure_rounds(args, engine_variants(args, manifests), frames, refs, masks, cases, nets,
+                         specs, model, peak)
     best = (peak["cuda"] or peak["cpu"])["gflops"] if args.backend == "tensorrt" else peak["cpu"]["gflops"]
     variants = [summarize_variant(r, cases, flops, best) for r in raw["engines"]]
     pt = summarize_variant(raw["pytorch"], cases, flops, peak["cpu"]["gflops"]) if args.compare_pytorch else None
     if pt:
         _attach_ratios(variants, pt)
+    if len(variants) > 1:
+        _attach_ratios(variants[1:], variants[0], "1st")
     return {
         "command": "python -m bench.throughput " + " ".join(shlex.quote(a) for a in args.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(), "versions": _versions(),
         "settings": {"backend": args.backend, "threads": args.threads, "shots": args.shots_list,
                      "batch": args.batch_list, "iterations": args.iterations, "warmup": args.warmup,
-                     "rounds": args.rounds,
+                     "rounds": args.rounds, "cpu_int8": args.cpu_int8,
                      "compare_pytorch": args.compare_pytorch, "torch_threads": torch.get_num_threads(),
                      "engines": [str(d) for d in args.engines]},
         "model": {k: m0["model"].get(k) for k in ("name", "sam2_version", "image_size", "kind")},

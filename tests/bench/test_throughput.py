@@ -33,6 +33,7 @@ def test_report_files(tiny_engines, tmp_path):
                                       "mask_decoder", "postprocess", "total"}
     assert [b["batch"] for b in v["batch"]] == [1, 2]
     assert v["peak_rss_mb"] > 0 and rec["peak"]["cpu"]["gflops"] > 0
+    assert v["rss_peak_mb"] > 0 and 0 <= v["rss_growth_mb"] <= v["rss_peak_mb"]
     md = (tmp_path / "r.md").read_text()
     assert "memory_attention" in md and "frames/s" in md
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -100,3 +101,24 @@ def test_bad_settings_rejected(tiny_engines, tmp_path, capsys, extra, msg):
 def test_missing_folder_rejected(tmp_path, capsys):
     assert main(["--engines", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cpu_int8_both_times_fp32_and_int8_with_ratios(cpu_int8_engines, tiny_engines, tmp_path):
+    assert main(["--engines", str(tiny_engines), str(cpu_int8_engines), "--cpu-int8", "both",
+                 "--shots", "1", "--batch", "1", "--iterations", "1", "--warmup", "0",
+                 "--peak-size", "256", "--out", str(tmp_path / "q")]) == 0
+    rec = json.loads((tmp_path / "q.json").read_text())
+    # tiny_engines has no INT8 files: FP32 only; the INT8 folder: FP32, then with its INT8 stages
+    assert [v["cpu_int8_stages"] for v in rec["variants"]][:2] == [[], []]
+    kept = json.loads((cpu_int8_engines / "manifest.json").read_text())["cpu_int8"]["kept_int8"]
+    assert rec["variants"][2]["cpu_int8_stages"] == kept and len(rec["variants"]) == 3
+    assert "int8 dynamic" in rec["variants"][2]["label"]
+    assert all("speedup_vs_1st" in r for v in rec["variants"][1:] for r in v["stages"])
+    assert rec["peak"]["cpu_int8"]["gops"] > 0
+    md = (tmp_path / "q.md").read_text()
+    assert "vs 1st" in md and "INT8 GEMM" in md
+
+
+def test_cpu_int8_on_without_int8_files_rejected(tiny_engines, tmp_path, capsys):
+    assert main(["--engines", str(tiny_engines), "--cpu-int8", "on", "--out", str(tmp_path / "r")]) == 2
+    assert "no dynamic-INT8 stages" in capsys.readouterr().err
