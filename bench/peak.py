@@ -12,7 +12,19 @@ kernel the dynamic-INT8 stages run on) is measured too, for reading the
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn``, after one untimed warm-up call
+    (thread pool start, packing buffers)."""
+    fn()
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def cpu_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = None) -> Dict[str, float]:
@@ -25,12 +37,7 @@ def cpu_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = No
     try:
         a = torch.randn(n, n)
         b = torch.randn(n, n)
-        torch.mm(a, b)  # warm-up (thread pool, packing buffers)
-        best = float("inf")
-        for _ in range(max(1, repeats)):
-            t = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t)
+        best = _best_seconds(lambda: torch.mm(a, b), repeats)
         return {"device": "cpu", "n": n, "seconds": best, "gflops": 2.0 * n ** 3 / best / 1e9,
                 "threads": torch.get_num_threads()}
     finally:
@@ -56,12 +63,7 @@ def cpu_int8_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int]
     rng = np.random.default_rng(0)
     feeds = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8),
              "b": rng.integers(-127, 128, (n, n), dtype=np.int8)}
-    sess.run(None, feeds)
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        t = time.perf_counter()
-        sess.run(None, feeds)
-        best = min(best, time.perf_counter() - t)
+    best = _best_seconds(lambda: sess.run(None, feeds), repeats)
     return {"device": "cpu", "n": n, "seconds": best, "gops": 2.0 * n ** 3 / best / 1e9}
 
 

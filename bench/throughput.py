@@ -229,7 +229,7 @@ def collect_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks,
     specs = manifest_specs(manifest)
     seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads,
                                 cpu_int8=cpu_int8)
-    int8 = [s for s, f in seg.engines.stage_files.items() if f.endswith(".cpu-int8.onnx")]
+    int8 = list(seg.engines.cpu_int8_stages)
     precision = manifest.get("precision") if seg.backend == "tensorrt" else "fp32"
     if int8:
         precision += " + int8 dynamic: " + ", ".join(int8)

@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runtime.backends import close_runners, open_runners
+from runtime.backends import CPU_INT8_KEY, close_runners, open_runners
 from runtime.backends.base import StageRunner
 from runtime.manifest import CONSTANTS_NAME, load_manifest
 from runtime.preprocess import InputError, image_to_model_input, mask_downsample
@@ -91,6 +91,13 @@ class Sam2Engines:
         """The file each stage runs from (name only), e.g. ``memory_attention.cpu-int8.onnx``."""
         return {s: Path(getattr(r, "onnx_path", None) or getattr(r, "engine_path", "")).name
                 for s, r in self.runners.items()}
+
+    @property
+    def cpu_int8_stages(self) -> Tuple[str, ...]:
+        """The stages running their dynamic-INT8 file (``export.build --cpu-int8``), in stage order."""
+        files = self.stage_files
+        return tuple(s for s in self.runners
+                     if files[s] == self.manifest["stages"][s].get(CPU_INT8_KEY, {}).get("file"))
 
     @property
     def stage_calls(self) -> Dict[str, int]:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from runtime.backends import BACKENDS, CPU_INT8_MODES
+from runtime.backends import BACKENDS, CPU_INT8_HELP, CPU_INT8_MODES
 
 
 def parse_ref(text: str) -> Tuple[str, str, str]:
@@ -44,8 +44,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for onnxruntime (0 = all)")
     p.add_argument("--cpu-int8", choices=CPU_INT8_MODES, default="auto",
-                   help="ONNX Runtime on the CPU: run the stages built with export.build --cpu-int8 in "
-                        "dynamic INT8 (auto: when the folder has them; off: FP32 always)")
+                   help=CPU_INT8_HELP)
     return p.parse_args(argv)
 
 
@@ -73,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     with seg:
-        int8 = [s for s, f in seg.engines.stage_files.items() if f.endswith(".cpu-int8.onnx")]
+        int8 = seg.engines.cpu_int8_stages
         print(f"backend: {seg.backend}" + (f" (dynamic INT8: {', '.join(int8)})" if int8 else "")
               + f"; {len(refs)} reference(s), {len(targets)} target(s)")
         for concept, img, mask, path in refs:

@@ -25,6 +25,8 @@ from runtime.spec import STAGES, StageSpec
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 CPU_INT8_MODES = ("auto", "on", "off")
 CPU_INT8_KEY = "onnx_cpu_int8"  # manifest stage entry of the dynamic-INT8 ONNX file
+CPU_INT8_HELP = ("ONNX Runtime on the CPU: run the stages built with export.build --cpu-int8 in "
+                 "dynamic INT8 (auto: when the folder has them; off: FP32 always)")
 
 
 def resolve_backend(backend: str, manifest: dict, stages=STAGES) -> str:
@@ -116,5 +118,5 @@ def close_runners(runners: Dict[str, StageRunner]) -> None:
         r.deactivate()
 
 
-__all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "CPU_INT8_MODES", "StageRunner",
+__all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "CPU_INT8_HELP", "CPU_INT8_MODES", "StageRunner",
            "onnx_file_kinds", "open_runners", "resolve_backend"]

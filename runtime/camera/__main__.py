@@ -39,7 +39,7 @@ import threading
 from pathlib import Path
 from typing import List, Optional
 
-from runtime.backends import CPU_INT8_MODES
+from runtime.backends import CPU_INT8_HELP, CPU_INT8_MODES
 from runtime.camera.loop import CameraLoop, Display, LoopOptions, VideoSink
 from runtime.camera.prompts import PromptError, parse_prompts
 from runtime.camera.references import ReferenceError, apply_references, collect_references
@@ -93,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
     p.add_argument("--cpu-int8", choices=CPU_INT8_MODES, default="auto",
-                   help="ONNX Runtime on the CPU: run the stages built with export.build --cpu-int8 in "
-                        "dynamic INT8 (auto: when the folder has them; off: FP32 always)")
+                   help=CPU_INT8_HELP)
     p.add_argument("--max-frames", type=int, default=None, help="stop after N captured frames")
     p.add_argument("--queue-size", type=int, default=2, help="frames per queue between stages (default 2)")
     p.add_argument("--fps", type=float, default=0.0, help="output video FPS (default: the source's, else 30)")
