@@ -62,7 +62,7 @@ def build_int8(out_dir: Path, manifest_stage_records: dict, int8_stages: Sequenc
                manifest: Optional[dict] = None, method: str = "entropy",
                generated: int = DEFAULT_GENERATED, gates=None, cache_dir: Optional[Path] = None,
                suggest: bool = True, apply_suggestion: bool = False,
-               progress: bool = True, scheme: str = "qdq") -> dict:
+               progress: bool = True, scheme: str = "qdq", reduce_range: bool = False) -> dict:
     """Quantize ``int8_stages`` in ``out_dir``, measure, gate.
 
     ``scheme``: ``"qdq"`` (:mod:`calib.quantize`, calibrated Q/DQ graphs
@@ -70,7 +70,9 @@ def build_int8(out_dir: Path, manifest_stage_records: dict, int8_stages: Sequenc
     ["onnx_int8"] = {"file", "sha256", "precision": "int8", "method"}`` for
     each quantized stage (export.engines then builds that stage's engine from
     it); ``"dynamic"`` (:mod:`calib.dynamic`, ``<stage>.cpu-int8.onnx`` for
-    ONNX Runtime on CPUs) sets ``["onnx_cpu_int8"]`` instead. ``manifest`` is the build's
+    ONNX Runtime on CPUs) sets ``["onnx_cpu_int8"]`` instead (with
+    ``"reduce_range"``: 7-bit weights, for x86 CPUs without VNNI; only that
+    scheme reads ``reduce_range``). ``manifest`` is the build's
     manifest dict (needs ``model``, ``model_config``, ``axis_ranges`` and
     ``stages``); default: ``out_dir/manifest.json``. ``calib_dir=None``:
     ``generated`` synthetic episodes. With ``apply_suggestion`` and a failed
@@ -108,8 +110,9 @@ def build_int8(out_dir: Path, manifest_stage_records: dict, int8_stages: Sequenc
     else:
         from calib.dynamic import quantize_dynamic_stages
 
-        paths = quantize_dynamic_stages(out_dir, manifest_stage_records, stages, log=log)
-        extra = {"scheme": "dynamic"}
+        paths = quantize_dynamic_stages(out_dir, manifest_stage_records, stages, log=log,
+                                        reduce_range=reduce_range)
+        extra = {"scheme": "dynamic", "reduce_range": bool(reduce_range)}
     for s, p in paths.items():
         manifest_stage_records[s][key] = {
             "file": p.name, "sha256": sha256_file(p), "precision": "int8", **extra}
@@ -139,6 +142,6 @@ def build_int8(out_dir: Path, manifest_stage_records: dict, int8_stages: Sequenc
         "failed_stages": verdict["failed_stages"], "reasons": verdict["reasons"],
         "suggestion": suggestion, "int8_stages": stages, "scheme": scheme,
         "kept_int8": [s for s in stages if key in manifest_stage_records[s]],
-        **({"method": method} if scheme == "qdq" else {}),
+        **({"method": method} if scheme == "qdq" else {"reduce_range": bool(reduce_range)}),
         "episodes": ctx["episodes_desc"], "gates": gates.as_dict(),
     })

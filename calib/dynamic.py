@@ -15,6 +15,12 @@ on each call: nothing to calibrate) + ``MatMulInteger`` with int8 weights
 (one scale per output channel): ``onnxruntime.quantization.quantize_dynamic``.
 Everything else (LayerNorm, Softmax, GELU, convolutions, RoPE) stays FP32.
 
+Weight range: x86 CPUs without VNNI saturate full-range int8 weights in
+MLAS's GEMM (runtime/backends/cpu_features.py), so there weights are
+quantized to 7 bits (ORT's ``reduce_range``). :func:`resolve_weight_range`
+picks it for the build machine unless told (``--cpu-int8-range``); the
+manifest records it and the runtime refuses full-range files on such CPUs.
+
 These files are for ONNX Runtime on the CPU only: TensorRT neither needs nor
 builds them (it takes the Q/DQ graphs). Their accuracy is measured and gated
 like every reduced-precision stage (:mod:`calib.gates`), on the calibration
@@ -26,15 +32,34 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Sequence, Tuple
 
 from runtime.fileio import atomic_path
 
 FILE_SUFFIX = ".cpu-int8.onnx"
+WEIGHT_RANGES = ("auto", "reduced", "full")
 
 
-def quantize_dynamic_stage(fp32_onnx: str | Path, out_onnx: str | Path, stage: str = "") -> Path:
-    """Write ``out_onnx``: ``fp32_onnx`` with every MatMul in dynamic INT8 (atomically)."""
+def resolve_weight_range(choice: str = "auto") -> Tuple[bool, str]:
+    """``(reduce_range, why)`` for ``choice`` ("auto": reduced where this CPU would saturate)."""
+    from runtime.backends.cpu_features import describe, saturates_full_range
+
+    if choice not in WEIGHT_RANGES:
+        raise ValueError(f"unknown INT8 weight range {choice!r}; choose one of {', '.join(WEIGHT_RANGES)}")
+    if choice == "auto":
+        reduced = saturates_full_range()
+        return reduced, (f"auto: {describe()} -> "
+                         + ("7-bit weights (8-bit ones would saturate here)" if reduced
+                            else "8-bit weights"))
+    return choice == "reduced", f"{choice} (asked for)"
+
+
+def quantize_dynamic_stage(fp32_onnx: str | Path, out_onnx: str | Path, stage: str = "",
+                           reduce_range: bool = False) -> Path:
+    """Write ``out_onnx``: ``fp32_onnx`` with every MatMul in dynamic INT8 (atomically).
+
+    ``reduce_range``: 7-bit weights (for x86 CPUs without VNNI; see the module docstring).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from calib.quantize import QuantizationError
@@ -51,7 +76,7 @@ def quantize_dynamic_stage(fp32_onnx: str | Path, out_onnx: str | Path, stage: s
                 # leave the attention products (both inputs activations) in FP32.
                 quantize_dynamic(os.fspath(fp32_onnx), os.fspath(tmp), weight_type=QuantType.QInt8,
                                  per_channel=True, op_types_to_quantize=["MatMul"],
-                                 extra_options={"MatMulConstBOnly": False})
+                                 reduce_range=reduce_range, extra_options={"MatMulConstBOnly": False})
             except Exception as e:
                 raise QuantizationError(
                     f"{name}: dynamic INT8 quantization failed: {type(e).__name__}: {e}") from e
@@ -69,14 +94,15 @@ def count_integer_matmuls(onnx_path: str | Path) -> Dict[str, int]:
 
 
 def quantize_dynamic_stages(engine_dir: Path, stage_records: Mapping[str, dict], stages: Sequence[str],
-                            log=print) -> Dict[str, Path]:
+                            log=print, reduce_range: bool = False) -> Dict[str, Path]:
     """Quantize each of ``stages`` from its FP32 ONNX; returns ``{stage: <stage>.cpu-int8.onnx}``."""
     paths: Dict[str, Path] = {}
     for s in stages:
         src = Path(engine_dir) / stage_records[s]["onnx"]["file"]
         dst = Path(engine_dir) / f"{s}{FILE_SUFFIX}"
-        log(f"[cpu-int8] {s}: quantizing every MatMul (dynamic, per-channel int8 weights) ...")
-        quantize_dynamic_stage(src, dst, stage=s)
+        bits = 7 if reduce_range else 8
+        log(f"[cpu-int8] {s}: quantizing every MatMul (dynamic, per-channel {bits}-bit int8 weights) ...")
+        quantize_dynamic_stage(src, dst, stage=s, reduce_range=reduce_range)
         n = count_integer_matmuls(dst)
         log(f"[cpu-int8] {s}: wrote {dst.name} ({n['MatMulInteger']} MatMulInteger, "
             f"{n['MatMul']} float MatMul left)")

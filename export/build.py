@@ -101,6 +101,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "measured on --calib episodes and kept only where it passes the INT8 "
                         "gate. The runtime's onnxruntime backend uses them on the CPU "
                         "(--cpu-int8 auto|on|off there). Any --precision")
+    p.add_argument("--cpu-int8-range", choices=("auto", "reduced", "full"), default="auto",
+                   help="--cpu-int8 weight range: 'reduced' (7-bit) for x86 CPUs without VNNI, "
+                        "whose INT8 GEMM saturates 8-bit weights; 'full' (8-bit) for VNNI/Arm; "
+                        "auto: what this machine's CPU needs (build on the CPU you deploy to; "
+                        "the runtime refuses full-range files on CPUs that saturate them)")
     p.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"),
                    default="entropy", help="int8: activation range calibration method")
     p.add_argument("--plain-export", action="store_true",
@@ -325,14 +330,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         from calib import build_int8
         from calib.episodes import CalibrationDataError
 
+        from calib.dynamic import resolve_weight_range
+
+        reduce_range, why = resolve_weight_range(args.cpu_int8_range)
         _log(f"[cpu-int8] dynamic INT8 for {args.cpu_int8}, measured on "
-             f"{args.calib or 'generated episodes'} ...")
+             f"{args.calib or 'generated episodes'}; weight range {why} ...")
         try:
             dyn = build_int8(out, stage_records, args.cpu_int8, args.calib, _log,
-                             manifest=manifest, scheme="dynamic", apply_suggestion=True)
+                             manifest=manifest, scheme="dynamic", apply_suggestion=True,
+                             reduce_range=reduce_range)
         except (CalibrationDataError, ValueError) as e:
             _fail(str(e))
-        manifest["cpu_int8"] = dyn
+        manifest["cpu_int8"] = dict(dyn, weight_range=why)
         kept = dyn["kept_int8"]
         _log(f"[cpu-int8] kept for ONNX Runtime on the CPU: {', '.join(kept) if kept else 'none'}"
              + ("" if dyn["passed"] else " (the others stay FP32: see the gate above)"))

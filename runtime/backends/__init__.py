@@ -9,12 +9,17 @@ dynamic-INT8 version (``<stage>.cpu-int8.onnx``, written by ``export.build
 --cpu-int8`` where it passed the accuracy gate): ``"auto"`` uses the INT8
 file of every stage that has one when the session runs on the CPU provider
 only, ``"on"`` requires them (an error if the folder has none, or with
-another backend), ``"off"`` always runs FP32.
+another backend), ``"off"`` always runs FP32. A file with full-range (8-bit)
+weights is never run on an x86 CPU without VNNI, whose INT8 GEMM saturates
+them (runtime/backends/cpu_features.py): ``"auto"`` runs that stage in FP32
+with a warning, ``"on"`` is an error; rebuild there with ``--cpu-int8-range
+reduced`` (what ``export.build`` picks by itself on such a CPU).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -69,7 +74,26 @@ def onnx_file_kinds(manifest: dict, stages, kind: str, cpu_int8: str, providers=
         from runtime.backends.onnxruntime import default_providers
 
         use = list(providers or default_providers()) == ["CPUExecutionProvider"]
+    if use:
+        has = _drop_saturating(manifest, has, strict=cpu_int8 == "on")
     return {s: CPU_INT8_KEY if use and s in has else "onnx" for s in stages}
+
+
+def _drop_saturating(manifest: dict, stages, strict: bool):
+    """``stages`` less those whose INT8 weights are full range on a CPU that saturates them."""
+    from runtime.backends.cpu_features import describe, saturates_full_range
+
+    full = [s for s in stages if not manifest["stages"][s][CPU_INT8_KEY].get("reduce_range", False)]
+    if not full or not saturates_full_range():
+        return list(stages)
+    msg = (f"the dynamic-INT8 files of {', '.join(full)} have full-range (8-bit) weights, which "
+           f"this CPU ({describe()}) saturates in ONNX Runtime's INT8 GEMM (wrong results); "
+           "rebuild them here with `python -m export.build ... --cpu-int8 STAGES "
+           "--cpu-int8-range reduced`")
+    if strict:
+        raise ValueError(f"cpu_int8='on': {msg}, or run FP32 (cpu_int8='off')")
+    warnings.warn(f"{msg}; running those stages in FP32", RuntimeWarning, stacklevel=3)
+    return [s for s in stages if s not in full]
 
 
 def open_runners(engine_dir: str | Path, manifest: dict, backend: str = "auto",

@@ -99,3 +99,49 @@ def test_bad_stage_name_is_refused_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--cpu-int8" in err and "memory_atention" in err and "memory_attention" in err
     assert not out.exists()
+
+
+def _matmul_model(path, seed=0):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((32, 16)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+                          [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.mark.parametrize("reduce_range, limit", [(False, 127), (True, 64)])
+def test_weight_range_reaches_the_quantized_weights(tmp_path, reduce_range, limit):
+    import onnx
+    from onnx import numpy_helper
+
+    src, dst = tmp_path / "m.onnx", tmp_path / "m.cpu-int8.onnx"
+    _matmul_model(src)
+    quantize_dynamic_stage(src, dst, reduce_range=reduce_range)
+    ints = [numpy_helper.to_array(i) for i in onnx.load(dst).graph.initializer]
+    w = next(a for a in ints if a.dtype == np.int8 and a.size == 32 * 16)
+    assert np.abs(w.astype(int)).max() == limit  # per-channel: each column's largest weight hits it
+
+
+def test_weight_range_choice():
+    from calib.dynamic import resolve_weight_range
+    from runtime.backends.cpu_features import saturates_full_range
+
+    assert resolve_weight_range("reduced")[0] is True and resolve_weight_range("full")[0] is False
+    reduced, why = resolve_weight_range("auto")
+    assert reduced is saturates_full_range() and why.startswith("auto: ")
+    with pytest.raises(ValueError, match="unknown INT8 weight range 'half'"):
+        resolve_weight_range("half")
+
+
+def test_build_records_the_weight_range_for_this_cpu(int8_folder):
+    from runtime.backends.cpu_features import saturates_full_range
+
+    m = load_manifest(int8_folder)
+    assert m["cpu_int8"]["reduce_range"] is saturates_full_range()
+    assert m["cpu_int8"]["weight_range"].startswith("auto: ")
+    for s in m["cpu_int8"]["kept_int8"]:
+        assert m["stages"][s]["onnx_cpu_int8"]["reduce_range"] is saturates_full_range()

@@ -148,7 +148,9 @@ def test_cpu_int8_modes_are_checked(tiny_engines):
 def test_cpu_int8_file_choice():
     from runtime.backends import onnx_file_kinds
 
-    m = {"stages": {"a": {"onnx": {"file": "a.onnx"}, "onnx_cpu_int8": {"file": "a.cpu-int8.onnx"}},
+    # reduce_range: safe on every CPU (the weight-range check: tests/runtime/test_cpu_features.py)
+    m = {"stages": {"a": {"onnx": {"file": "a.onnx"},
+                          "onnx_cpu_int8": {"file": "a.cpu-int8.onnx", "reduce_range": True}},
                     "b": {"onnx": {"file": "b.onnx"}}}}
     cpu = ["CPUExecutionProvider"]
     assert onnx_file_kinds(m, ("a", "b"), "onnxruntime", "auto", cpu) == {"a": "onnx_cpu_int8", "b": "onnx"}
