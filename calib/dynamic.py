@@ -6,7 +6,7 @@ into its INT8 kernels); ONNX Runtime's CPU provider runs them mostly as
 float ops between Quantize/Dequantize pairs and measured *slower* than FP32
 (bench/int8_speed.py). CPUs with integer dot-product instructions (x86
 AVX512-VNNI / AVX-VNNI, Arm dot-product) run ORT's ``MatMulInteger`` at
-~3x the FP32 GEMM rate (measured on the project's AMD EPYC 2-core machine:
+~3x the FP32 GEMM rate (measured on an earlier 2-core AMD EPYC with AVX512-VNNI:
 4096^3 fp32 174 GFLOP/s vs int8 519 GOP/s; 4096x4100x256, the attention
 shape, 208 vs 766), and the stages are GEMM-bound. So here every ``MatMul``
 (projections, MLPs and the attention products QK^T and A.V alike) becomes
