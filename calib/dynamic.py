@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Sequence, Tuple
 
@@ -78,17 +77,13 @@ def quantize_dynamic_stage(fp32_onnx: str | Path, out_onnx: str | Path, stage: s
     level = quant_log.level
     quant_log.setLevel(logging.ERROR)
     try:
-        out_onnx.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_onnx) as tmp, \
-                tempfile.TemporaryDirectory(dir=out_onnx.parent, prefix=".cpu-int8-") as scratch:
-            src = Path(scratch) / "prepared.onnx"  # the FP32 graph with its Constant weights as initializers
+        with atomic_path(out_onnx) as tmp:
             try:
                 prepared = onnx.load(os.fspath(fp32_onnx))
                 constants_to_initializers(prepared)
-                onnx.save(prepared, os.fspath(src))
                 # MatMulConstBOnly=False: quantize_dynamic's default (True) would
                 # leave the attention products (both inputs activations) in FP32.
-                quantize_dynamic(os.fspath(src), os.fspath(tmp), weight_type=QuantType.QInt8,
+                quantize_dynamic(prepared, os.fspath(tmp), weight_type=QuantType.QInt8,
                                  per_channel=True, op_types_to_quantize=["MatMul"],
                                  reduce_range=reduce_range, extra_options={"MatMulConstBOnly": False})
                 quantized = onnx.load(os.fspath(tmp))
@@ -114,10 +109,10 @@ def quantize_dynamic_stages(engine_dir: Path, stage_records: Mapping[str, dict],
                             log=print, reduce_range: bool = False) -> Dict[str, Path]:
     """Quantize each of ``stages`` from its FP32 ONNX; returns ``{stage: <stage>.cpu-int8.onnx}``."""
     paths: Dict[str, Path] = {}
+    bits = 7 if reduce_range else 8
     for s in stages:
         src = Path(engine_dir) / stage_records[s]["onnx"]["file"]
         dst = Path(engine_dir) / f"{s}{FILE_SUFFIX}"
-        bits = 7 if reduce_range else 8
         log(f"[cpu-int8] {s}: quantizing every MatMul (dynamic, per-channel {bits}-bit int8 weights) ...")
         quantize_dynamic_stage(src, dst, stage=s, reduce_range=reduce_range)
         n = count_integer_matmuls(dst)

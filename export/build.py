@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from calib.dynamic import WEIGHT_RANGES
 from export.models import MODEL_NAMES, SAM2_VERSIONS, ModelChoice
 from runtime.fileio import atomic_path, sha256_file, write_json_atomic
 from runtime.manifest import CONSTANTS_NAME, FORMAT_VERSION, MANIFEST_NAME
@@ -101,7 +102,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "measured on --calib episodes and kept only where it passes the INT8 "
                         "gate. The runtime's onnxruntime backend uses them on the CPU "
                         "(--cpu-int8 auto|on|off there). Any --precision")
-    p.add_argument("--cpu-int8-range", choices=("auto", "reduced", "full"), default="auto",
+    p.add_argument("--cpu-int8-range", choices=WEIGHT_RANGES, default="auto",
                    help="--cpu-int8 weight range: 'reduced' (7-bit) for x86 CPUs without VNNI, "
                         "whose INT8 GEMM saturates 8-bit weights; 'full' (8-bit) for VNNI/Arm; "
                         "auto: what this machine's CPU needs (build on the CPU you deploy to; "
@@ -328,9 +329,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if args.cpu_int8 and not failed:
         from calib import build_int8
-        from calib.episodes import CalibrationDataError
-
         from calib.dynamic import resolve_weight_range
+        from calib.episodes import CalibrationDataError
 
         reduce_range, why = resolve_weight_range(args.cpu_int8_range)
         _log(f"[cpu-int8] dynamic INT8 for {args.cpu_int8}, measured on "

@@ -69,7 +69,7 @@ def saturates_full_range(flags: Optional[FrozenSet[str]] = None, machine: Option
 
 
 def describe(flags: Optional[FrozenSet[str]] = None, machine: Optional[str] = None) -> str:
-    """One phrase for logs and manifests, e.g. ``"x86_64 with AVX512-VNNI"``."""
+    """One phrase for logs and manifests, e.g. ``"x86_64 with avx512_vnni"``."""
     machine = machine or platform.machine()
     flags = cpu_flags() if flags is None else flags
     if not flags:
