@@ -10,20 +10,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from export.adapters import (
-    ADAPTER_ATTR,
-    DEFAULT_STAGES,
-    adapter_state_dict,
-    insert_adapters,
-)
+from export.adapters import (ADAPTER_ATTR, AdapterConfig, adapter_state_dict, adapter_widths, describe_fit,
+                             insert_adapters)
 from export.checkpoints import (
+    SANSA_PREFIX,
+    Checkpoint,
     CheckpointError,
     describe_shape_mismatch,
-    read_state_dict,
+    read_checkpoint,
     save_checkpoint,
     shape_mismatches,
 )
@@ -39,14 +37,6 @@ _DISABLED_HEAD_PREFIXES = (
     "sam_mask_decoder.pred_obj_score_head.",
     "no_obj_ptr",
 )
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """Where the AdaptFormer adapters go and how wide they are."""
-
-    stages: Tuple[int, ...] = DEFAULT_STAGES
-    channel_factor: float = 0.3
 
 
 @dataclass
@@ -104,29 +94,42 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
+CheckpointLike = Union[str, Path, Checkpoint, None]
+
+
+def _as_checkpoint(ckpt: CheckpointLike, what: str) -> Optional[Checkpoint]:
+    if ckpt is None or isinstance(ckpt, Checkpoint):
+        return ckpt
+    return read_checkpoint(ckpt, what, sansa=what == "adapter")
+
+
 def load_weights(
     model: torch.nn.Module,
-    sam2_checkpoint: Optional[str | Path],
-    adapter_checkpoint: Optional[str | Path],
+    sam2_checkpoint: CheckpointLike,
+    adapter_checkpoint: CheckpointLike,
     model_name: str,
     allow_mismatch: bool = False,
 ) -> LoadReport:
-    """Load an official SAM2 checkpoint and an adapter checkpoint into ``model``.
+    """Load an official SAM2 checkpoint and a SANSA adapter checkpoint into ``model``.
 
-    Missing or unexpected keys are listed by name and are an error unless
-    ``allow_mismatch``; shape mismatches are always an error.
+    Each is a path or a :class:`Checkpoint` already read. Missing or
+    unexpected keys are listed by name and are an error unless
+    ``allow_mismatch``; shape mismatches are always an error (SANSA's own
+    loader skips them silently, which runs a zero adapter).
     """
+    sam2 = _as_checkpoint(sam2_checkpoint, "SAM2")
+    adapter = _as_checkpoint(adapter_checkpoint, "adapter")
     report = LoadReport(
-        sam2_checkpoint=str(sam2_checkpoint) if sam2_checkpoint else None,
-        adapter_checkpoint=str(adapter_checkpoint) if adapter_checkpoint else None,
+        sam2_checkpoint=str(sam2.path) if sam2 else None,
+        adapter_checkpoint=str(adapter.path) if adapter else None,
     )
     model_sd = model.state_dict()
     adapter_keys = {k for k in model_sd if f".{ADAPTER_ATTR}." in k}
     provided: Dict[str, torch.Tensor] = {}
-    for path, what in ((sam2_checkpoint, "SAM2"), (adapter_checkpoint, "adapter")):
-        if path is None:
+    for ckpt, what in ((sam2, "SAM2"), (adapter, "adapter")):
+        if ckpt is None:
             continue
-        sd = read_state_dict(path, what)
+        sd, path = ckpt.state_dict, ckpt.path
         if what == "adapter" and not adapter_keys:
             raise CheckpointError(
                 "an adapter checkpoint was given but the model has no adapters "
@@ -134,7 +137,13 @@ def load_weights(
             )
         bad = shape_mismatches(model_sd, sd)
         if bad:
-            raise CheckpointError(describe_shape_mismatch(bad, sd, model_name, str(path)))
+            hint = ""
+            if what == "adapter":
+                trunk = model.image_encoder.trunk
+                widths = adapter_widths(sd)
+                dims = {i: trunk.blocks[i].dim for i in widths if i < len(trunk.blocks)}
+                hint = f"; the adapter bottlenecks say {describe_fit(widths, dims)}: pass --channel-factor accordingly"
+            raise CheckpointError(describe_shape_mismatch(bad, sd, model_name, str(path), hint))
         for k, v in sd.items():
             if k in model_sd:
                 provided[k] = v
@@ -143,9 +152,9 @@ def load_weights(
             else:
                 report.unexpected.append(f"{what}: {k}")
     expected = set(model_sd)
-    if sam2_checkpoint is None:
+    if sam2 is None:
         expected &= adapter_keys
-    if adapter_checkpoint is None:
+    if adapter is None:
         expected -= adapter_keys
     report.missing = sorted(expected - set(provided))
     if (report.missing or report.unexpected) and not allow_mismatch:
@@ -177,14 +186,14 @@ def _mismatch_message(report: LoadReport) -> str:
 def assemble(
     choice: ModelChoice,
     adapters: Optional[AdapterConfig] = AdapterConfig(),
-    sam2_checkpoint: Optional[str | Path] = None,
-    adapter_checkpoint: Optional[str | Path] = None,
+    sam2_checkpoint: CheckpointLike = None,
+    adapter_checkpoint: CheckpointLike = None,
     random_weights: bool = False,
     seed: int = 0,
     allow_mismatch: bool = False,
     fewshot: bool = True,
 ) -> Tuple[torch.nn.Module, LoadReport]:
-    """Build the model and fill its weights: from checkpoints, or seeded random."""
+    """Build the model and fill its weights: from checkpoints (paths or :class:`Checkpoint`), or seeded random."""
     if random_weights and (sam2_checkpoint or adapter_checkpoint):
         raise ValueError("--random-weights and checkpoint paths exclude each other; pass one")
     if not random_weights and sam2_checkpoint is None:
@@ -209,12 +218,14 @@ def write_random_checkpoints(
     out_dir: str | Path,
     adapters: Optional[AdapterConfig] = AdapterConfig(),
     seed: int = 0,
+    ddp: bool = True,
 ) -> Tuple[Path, Optional[Path]]:
-    """Write seeded random weights in the official formats; returns the two paths.
+    """Write seeded random weights in the authors' formats; returns the two paths.
 
-    The SAM2 file is made from the *stock* config (object-score head included,
-    as Meta's files are); the adapter file holds adapter weights only, with the
-    ``module.`` prefix DDP training leaves, so tests exercise the real loader.
+    The SAM2 file is made from the *stock* config (object-score head included),
+    ``{"model": state_dict}`` as Meta's files are. The adapter file is what
+    SANSA's ``main.py`` saves (:func:`write_sansa_checkpoint`), with DDP's
+    ``module.`` prefix when ``ddp``, so tests exercise the real loader.
     """
     out_dir = Path(out_dir)
     stock = build_model(choice, adapters, fewshot=False, seed=seed)
@@ -226,6 +237,43 @@ def write_random_checkpoints(
     )
     adapter_path = None
     if adapters is not None:
-        adapter_path = save_checkpoint(out_dir / f"adapters_{choice.name}.pt", ad, prefix="module.")
+        adapter_path = write_sansa_checkpoint(out_dir / f"adapter_{choice.name}.pth", ad, choice,
+                                              adapters, ddp=ddp)
     return sam2_path, adapter_path
+
+
+# SANSA's --sam2_version (model size) for this project's model names.
+_SANSA_SIZE = {"tiny": "tiny", "base_plus": "base", "large": "large", "small": "small"}
+
+
+def write_sansa_checkpoint(path: str | Path, adapter_sd: Dict[str, torch.Tensor], choice: ModelChoice,
+                           adapters: AdapterConfig, ddp: bool = False, epoch: int = 4) -> Path:
+    """An adapter file exactly as SANSA's ``main.py`` writes one.
+
+    ``{'model': {'sam.' + key: tensor for the adapter keys}, 'optimizer':
+    AdamW state, 'lr_scheduler': CosineAnnealingLR state, 'epoch': int,
+    'args': argparse.Namespace}`` (keys ``module.sam....`` with ``ddp``); the
+    ``args`` carry SANSA's option names and defaults (opts.py).
+    """
+    import argparse
+
+    params = [torch.nn.Parameter(v.detach().clone()) for v in adapter_sd.values()]
+    opt = torch.optim.AdamW([{"params": params, "initial_lr": 1e-4}], lr=1e-4, weight_decay=0.0,
+                            betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    sched.step()
+    args = argparse.Namespace(
+        seed=0, device="cuda", resume="", output_dir="output/train_coco_f0", name_exp="train_coco_f0",
+        data_root="data", dataset_file="coco", multi_train=["lvis", "coco", "ade20k", "paco_part"],
+        ds_weight=[0.4, 0.45, 0.1, 0.05], num_workers=6, prompt="mask", shots=1, J=3, fold=0,
+        sam2_version=_SANSA_SIZE[choice.name], adaptformer_stages=list(adapters.stages),
+        channel_factor=adapters.channel_factor, lr=1e-4, weight_decay=0.0, epochs=5, start_epoch=0,
+        clip_max_norm=0.1, batch_size=32, no_distributed=False, threshold=0.5, visualize=False,
+        distributed=ddp, rank=0, world_size=2 if ddp else 1, gpu=0, dist_url="env://")
+    prefix = ("module." if ddp else "") + SANSA_PREFIX
+    return save_checkpoint(path, adapter_sd, prefix=prefix, optimizer=opt.state_dict(),
+                           lr_scheduler=sched.state_dict(), epoch=epoch, args=args)
 

@@ -46,6 +46,15 @@ def parity_cases(stage: str, ranges: Dict[str, tuple]) -> List[Dict[str, int]]:
     return [{"batch": 1, "num_points": 1}, {"batch": 1, "num_points": 3}]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for flags and options whose default is "not given" (None)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m export.build",
@@ -56,24 +65,31 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             "engines when TensorRT and a GPU are present, and record everything in "
             "OUT/manifest.json."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
                    help="engine precision (fp16 keeps normalisation layers in fp32; int8 "
                         "quantizes with calibration and an accuracy gate)")
-    p.add_argument("--model", default="tiny",
-                   help=f"SAM2 size: {', '.join(MODEL_NAMES)}; or sam2-unet, sam2-unext, features "
-                        "(dense models / encoder features: `--model sam2-unet --help`)")
-    p.add_argument("--sam2-version", default="2.1", help=f"SAM2 config family: {', '.join(SAM2_VERSIONS)}")
-    p.add_argument("--sam2-checkpoint", type=Path, help="official SAM2 checkpoint (.pt)")
+    p.add_argument("--model", default=None,
+                   help=f"SAM2 size: {', '.join(MODEL_NAMES)} (default: what the checkpoints are, else "
+                        "tiny); or sam2-unet, sam2-unext, features (dense models / encoder features: "
+                        "`--model sam2-unet --help`)")
+    p.add_argument("--sam2-version", default=None,
+                   help=f"SAM2 config family: {', '.join(SAM2_VERSIONS)} (default: what --sam2-checkpoint "
+                        "is, told by its keys; 2.1 without one). SANSA adapters need 2.0")
+    p.add_argument("--sam2-checkpoint", type=Path, help="official SAM2 checkpoint (.pt), as Meta ships it")
     ad = p.add_mutually_exclusive_group()
-    ad.add_argument("--adapter-checkpoint", type=Path, help="few-shot adapter checkpoint (.pt)")
+    ad.add_argument("--adapter-checkpoint", type=Path,
+                    help="SANSA adapter checkpoint (.pth) as SANSA's main.py saves it; its 'args' "
+                         "(sam2_version, channel_factor, adaptformer_stages) become the defaults")
     ad.add_argument("--no-adapters", action="store_true", help="export SAM2 without adapters")
-    p.add_argument("--adapter-stages", default="2,3",
-                   help="0-based Hiera stages that carry adapters, comma separated")
-    p.add_argument("--channel-factor", type=float, default=0.3,
+    p.add_argument("--adapter-stages", default=None,
+                   help="0-based Hiera stages that carry adapters, comma separated (default: the "
+                        "adapter file's, else 2,3)")
+    p.add_argument("--channel-factor", type=float, default=None,
                    help="adapter bottleneck = int(block input dim * factor): 0.3 strict "
-                        "few-shot checkpoints, 0.8 generalist ones")
+                        "few-shot checkpoints, 0.8 generalist ones (default: the adapter file's "
+                        "args or shapes, else 0.3)")
     p.add_argument("--stock-sam2", action="store_true",
                    help="keep the config's object-score head (plain SAM2 use) instead of "
                         "the few-shot overrides")
@@ -121,6 +137,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def parse_adapter_stages(text: str) -> tuple:
+    """``"2,3"`` -> ``(2, 3)``; a clear error for anything else."""
+    try:
+        stages = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        stages = ()
+    if not stages or any(s < 0 for s in stages):
+        raise ValueError(f"--adapter-stages {text!r}: expected comma-separated 0-based stage numbers, e.g. 2,3")
+    return stages
+
+
 def _fail(msg: str) -> "NoReturn":  # noqa: F821
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
@@ -130,11 +157,11 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _fingerprint(args, choice, ckpt_hashes, ranges) -> str:
+def _fingerprint(args, choice, adapters, ckpt_hashes, ranges) -> str:
     desc = {
         "code": EXPORT_CODE_VERSION,
         "model": choice.name, "version": choice.sam2_version, "size": choice.image_size,
-        "adapters": None if args.no_adapters else [args.adapter_stages, args.channel_factor],
+        "adapters": None if adapters is None else [list(adapters.stages), adapters.channel_factor],
         "stock": args.stock_sam2, "ckpt": ckpt_hashes,
         "random": [args.random_weights, args.seed if args.random_weights else None],
         "ranges": ranges, "plain": args.plain_export,
@@ -175,9 +202,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     # --- validate everything before anything is written -------------------------
     try:
-        choice = ModelChoice(args.model, args.sam2_version, args.image_size)
         check_image_size(args.image_size)
-        stages_list = tuple(int(s) for s in args.adapter_stages.split(","))
+        stages_list = None if args.adapter_stages is None else parse_adapter_stages(args.adapter_stages)
+        if args.model is not None or args.sam2_version is not None:
+            ModelChoice(args.model or "tiny", args.sam2_version or "2.1", args.image_size)
     except ValueError as e:
         _fail(str(e))
     if args.max_batch < 1:
@@ -189,13 +217,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             parse_stages(args.cpu_int8)
         except ValueError as e:
             _fail(f"--cpu-int8: {e}")
-    from export.assembly import AdapterConfig, assemble
+    from export.assembly import assemble
     from export.checkpoints import CheckpointError
+    from export.sources import resolve_sources
 
-    adapters = None if args.no_adapters else AdapterConfig(stages_list, args.channel_factor)
+    if args.random_weights and (args.sam2_checkpoint or args.adapter_checkpoint):
+        _fail("--random-weights and checkpoint paths exclude each other; pass one")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        _fail(f"--out {str(args.out)!r} exists and is not a folder")
+    try:
+        sources = resolve_sources(
+            image_size=args.image_size, model=args.model, sam2_version=args.sam2_version,
+            adapter_stages=stages_list, channel_factor=args.channel_factor,
+            sam2_checkpoint=args.sam2_checkpoint, adapter_checkpoint=args.adapter_checkpoint,
+            no_adapters=args.no_adapters, random_weights=args.random_weights)
+    except (CheckpointError, ValueError) as e:
+        _fail(str(e))
+    choice, adapters = sources.choice, sources.adapters
     out = args.out or Path("engines") / f"{choice.name}-{choice.sam2_version}-{choice.image_size}-{args.precision}"
-    if out.exists() and not out.is_dir():
-        _fail(f"--out {str(out)!r} exists and is not a folder")
 
     if args.random_weights:
         _log("!" * 72 + "\n!! --random-weights: the model has RANDOM weights; the engines run and are "
@@ -204,11 +243,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     _log(f"[model] SAM2 {choice.sam2_version} {choice.name} at {choice.image_size}px"
          + ("" if adapters is None else f", adapters in stages {list(adapters.stages)} "
             f"(channel factor {adapters.channel_factor})"))
+    from_files = {k: v for k, v in sources.origin.items() if v not in ("default",) and not v.startswith("--")}
+    if from_files:
+        _log("[model] from the files: " + "; ".join(f"{k} <- {v}" for k, v in from_files.items()))
     t0 = time.time()
     try:
         model, report = assemble(
-            choice, adapters, args.sam2_checkpoint,
-            None if args.no_adapters else args.adapter_checkpoint,
+            choice, adapters, sources.sam2, sources.adapter,
             random_weights=args.random_weights, seed=args.seed,
             allow_mismatch=args.allow_key_mismatch, fewshot=not args.stock_sam2,
         )
@@ -236,7 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         k: sha256_file(p) for k, p in
         (("sam2", args.sam2_checkpoint), ("adapter", args.adapter_checkpoint)) if p
     }
-    fingerprint = _fingerprint(args, choice, ckpt_hashes, ranges)
+    fingerprint = _fingerprint(args, choice, adapters, ckpt_hashes, ranges)
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_manifest(out)
     same_inputs = previous.get("fingerprint") == fingerprint and not args.force
@@ -292,6 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             k: {"path": str(p), "sha256": ckpt_hashes[k]}
             for k, p in (("sam2", args.sam2_checkpoint), ("adapter", args.adapter_checkpoint)) if p
         },
+        "settings_from": sources.origin,
         "unused_checkpoint_keys": report.ignored_disabled_heads,
         "versions": _versions(),
         "axis_ranges": {k: list(v) for k, v in ranges.items()},

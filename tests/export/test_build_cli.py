@@ -65,7 +65,7 @@ def test_checkpoint_of_another_model(tmp_path, capsys):
     code, err = run(["--precision", "fp32", "--model", "base_plus", "--image-size", "256",
                      "--skip-tensorrt", "--sam2-checkpoint", str(sam2_path), "--no-adapters",
                      "--out", str(out)], capsys)
-    assert code == 2 and "does not fit model 'base_plus'" in err and "tiny or small" in err
+    assert code == 2 and "--model says 'base_plus' but the SAM2 checkpoint says 'tiny'" in err
     assert not out.exists()
 
 
