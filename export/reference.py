@@ -53,7 +53,10 @@ class TorchFewShotSegmenter:
     def add_reference(self, image: np.ndarray, mask: Optional[np.ndarray] = None,
                       points: Optional[Sequence[Sequence[float]]] = None,
                       labels: Optional[Sequence[int]] = None,
-                      box: Optional[Sequence[float]] = None, concept: str = "default") -> None:
+                      box: Optional[Sequence[float]] = None, scribble: Optional[np.ndarray] = None,
+                      concept: str = "default") -> None:
+        """One reference: a mask, points/box, or a scribble (every stroke pixel a positive
+        click, as SANSA's ``build_prompt_inputs`` does: no subsampling here)."""
         sam, s = self.sam, self.sam.image_size
         h, w = image.shape[:2]
         feats, pos, sizes, high_res = self._encode(image)
@@ -68,6 +71,9 @@ class TorchFewShotSegmenter:
             high_res_masks = F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)
             from_points = False
         else:
+            if scribble is not None:
+                ys, xs = np.nonzero(scribble)
+                points, labels = np.stack([xs, ys], 1).astype(np.float32), [1] * len(xs)
             coords, lab = _prompt_points(points, labels, box, w, h, s)
             pix = pix_feat + sam.no_mem_embed.view(1, -1, 1, 1)
             _, _, _, _, high_res_masks, obj_ptr, score_logits = sam._forward_sam_heads(

@@ -11,6 +11,7 @@ for ONNX Runtime and TensorRT.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from runtime.preprocess import (
     image_to_model_input,
     logits_to_image,
     mask_to_model_size,
+    scribble_to_points,
     threshold_logit,
 )
 from runtime.results import ConceptResult, SegmentationResult
@@ -107,17 +109,26 @@ class FewShotSegmenter:
 
     # ------------------------------------------------------------- references
     def add_reference(self, image: np.ndarray, mask: Optional[np.ndarray] = None, *,
-                      points=None, labels=None, box=None, concept: str = "default") -> None:
-        """Encode one reference of ``concept`` (image ``[H,W,3]`` uint8 RGB, mask ``[H,W]`` bool).
+                      points=None, labels=None, box=None, scribble: Optional[np.ndarray] = None,
+                      concept: str = "default") -> None:
+        """Encode one reference of ``concept`` (image ``[H,W,3]`` uint8 RGB).
 
-        Give either a mask or points/box. Its memory is computed once and cached.
+        The object is given by exactly one of: ``mask`` (``[H,W]`` bool), clicks
+        ``points`` (``[(x, y), ...]``, ``labels`` 1 foreground / 0 background,
+        default all 1), a ``box`` ``(x0, y0, x1, y1)`` (clicks may refine it),
+        or a ``scribble`` (``[H,W]`` bool stroke: its pixels become positive
+        clicks, as SANSA does; more pixels than the decoder's profile admits
+        are subsampled evenly, with a warning). Its memory is computed once
+        and cached.
         """
         if not isinstance(concept, str) or not concept:
             raise InputError("concept must be a non-empty string")
-        if mask is None and points is None and box is None:
-            raise InputError("add_reference needs a mask, or points/box")
-        if mask is not None and (points is not None or box is not None):
-            raise InputError("give a mask or points/box for a reference, not both")
+        given = [n for n, v in (("mask", mask), ("points/box", points if box is None else box),
+                                ("scribble", scribble)) if v is not None]
+        if not given:
+            raise InputError("add_reference needs a mask, points/box or a scribble")
+        if len(given) > 1:
+            raise InputError(f"give one of mask, points/box or scribble for a reference, not {' and '.join(given)}")
         if labels is not None and points is None:
             raise InputError("labels given without points")
         rgb = image_to_float_rgb(image, "reference image")
@@ -128,6 +139,16 @@ class FewShotSegmenter:
             ref = eng.mask_as_output(enc, (mask_to_model_size(m, self.size) > 0).astype(np.float32))
             ref.maskmem = eng.memory_from_low_res(enc, ref, binarize=False)
         else:
+            if scribble is not None:
+                limit = eng.axis_max("num_points")
+                points, n = scribble_to_points(scribble, rgb.shape[:2], limit)
+                labels = np.ones(len(points))
+                if n > limit:
+                    warnings.warn(
+                        f"scribble of concept {concept!r} has {n} stroke pixels; the engines take at "
+                        f"most {limit} prompt points, so {len(points)} evenly spaced ones are used "
+                        "(SANSA uses every pixel); rebuild with a larger num_points profile to use more",
+                        UserWarning, stacklevel=2)
             coords, labs = eng.prompt(points, labels, box, rgb.shape[:2])
             enc = eng.encode_image(rgb)
             ref = eng.heads(eng.no_memory_feat(enc), enc, coords, labs, None, multimask=False)

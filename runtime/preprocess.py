@@ -77,6 +77,31 @@ def check_mask(mask: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def scribble_to_points(stroke: np.ndarray, image_hw: Tuple[int, int], max_points: int
+                       ) -> Tuple[np.ndarray, int]:
+    """A scribble (stroke mask ``[H,W]``) -> positive clicks ``[P,2]`` (x, y), as SANSA prompts it.
+
+    SANSA turns every pixel of the stroke into a positive point
+    (``util/promptable_utils.py``: ``nonzero(stroke)`` in raster order). More
+    than ``max_points`` (what the decoder's profile admits) are subsampled
+    deterministically: ``max_points`` pixels evenly spaced along that raster
+    order. Returns ``(points, stroke pixel count)``.
+    """
+    if not isinstance(stroke, np.ndarray):
+        raise InputError(f"scribble must be a NumPy array (H x W bool), got {type(stroke).__name__}")
+    if stroke.ndim == 3 and stroke.shape[2] == 1:
+        stroke = stroke[:, :, 0]
+    if stroke.shape != tuple(image_hw):
+        raise InputError(f"scribble is {stroke.shape} but its image is {image_hw[0]}x{image_hw[1]}; "
+                         "draw the stroke on an H x W mask of the reference image")
+    ys, xs = np.nonzero(stroke)
+    n = len(xs)
+    if n == 0:
+        raise InputError("scribble is empty (no stroke pixel): draw on the object")
+    keep = np.arange(n) if n <= max_points else np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+    return np.stack([xs[keep], ys[keep]], axis=1).astype(np.float32), n
+
+
 def mask_to_model_size(mask01: np.ndarray, size: int) -> np.ndarray:
     """0/1 mask ``[H,W]`` -> ``[S,S]`` float (antialiased bilinear); callers threshold it
     (the few-shot contract at ``> 0``, sam2's video predictor at ``>= 0.5``)."""

@@ -1,6 +1,8 @@
 """``python -m runtime.segment``: few-shot segmentation of image files.
 
-References are ``IMG:MASK`` pairs (optionally ``CONCEPT=IMG:MASK``); every
+References are ``IMG:MASK`` pairs (optionally ``CONCEPT=IMG:MASK``), or
+``--ref-scribble [CONCEPT=]IMG:STROKE`` where STROKE is an image whose
+non-zero pixels are a scribble on the object (SANSA's scribble prompt); every
 target gets ``<name>_<concept>_mask.png`` and ``<name>_overlay.png`` in --out,
 and the per-stage timings are printed.
 """
@@ -35,8 +37,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--engines", required=True, type=Path, help="folder made by export.build")
-    p.add_argument("--ref", action="append", required=True, type=parse_ref,
+    p.add_argument("--ref", action="append", default=[], type=parse_ref,
                    help="reference IMG:MASK (or CONCEPT=IMG:MASK); repeat for k shots / concepts")
+    p.add_argument("--ref-scribble", action="append", default=[], type=parse_ref, metavar="[CONCEPT=]IMG:STROKE",
+                   help="reference by scribble: STROKE is an image of the reference's size whose "
+                        "non-zero pixels mark a stroke on the object (each becomes a positive click)")
     p.add_argument("--target", action="append", required=True, type=Path,
                    help="image to segment; repeat for several")
     p.add_argument("--out", required=True, type=Path, help="folder for masks and overlays")
@@ -55,6 +60,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return dense_main(argv)
     args = parse_args(argv)
+    if not args.ref and not args.ref_scribble:
+        print("error: no reference: give --ref IMG:MASK and/or --ref-scribble IMG:STROKE", file=sys.stderr)
+        return 2
     from runtime.backends.base import BackendUnavailable
     from runtime.camera.overlay import concept_colours, draw_masks
     from runtime.imageio import read_mask, read_rgb, write_image
@@ -64,7 +72,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         targets = [(t, read_rgb(t)) for t in args.target]
-        refs = [(c, read_rgb(i), read_mask(m), i) for c, i, m in args.ref]
+        refs = [(c, read_rgb(i), {"mask": read_mask(m)}, i) for c, i, m in args.ref]
+        refs += [(c, read_rgb(i), {"scribble": read_mask(m)}, i) for c, i, m in args.ref_scribble]
         seg = FewShotSegmenter.load(args.engines, backend=args.backend,
                                     threshold=args.threshold, threads=args.threads,
                                     cpu_int8=args.cpu_int8)
@@ -75,9 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         int8 = seg.engines.cpu_int8_stages
         print(f"backend: {seg.backend}" + (f" (dynamic INT8: {', '.join(int8)})" if int8 else "")
               + f"; {len(refs)} reference(s), {len(targets)} target(s)")
-        for concept, img, mask, path in refs:
+        for concept, img, prompt, path in refs:
             try:
-                seg.add_reference(img, mask, concept=concept)
+                seg.add_reference(img, concept=concept, **prompt)
             except InputError as e:
                 print(f"error: reference {path}: {e}", file=sys.stderr)
                 return 2

@@ -11,7 +11,9 @@ size) or a ``str`` naming a dynamic axis. Dynamic axes and their ranges:
 - ``num_mem``: spatial memories fed to memory attention (1 .. num_maskmem).
 - ``num_ptr``: object pointers fed to memory attention (1 .. max_obj_ptrs).
 - ``num_points``: prompt points per image in the mask decoder (>= 1; the
-  decoder appends SAM's own padding point inside the graph).
+  decoder appends SAM's own padding point inside the graph). Up to
+  :data:`MAX_PROMPT_POINTS`: SANSA prompts a reference with up to 20 clicks,
+  and a scribble with every pixel of its stroke (subsampled to fit).
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ STAGES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
 
 # Ranges of the dynamic axes: (min, opt, max). Used for TensorRT profiles and
 # for validating feeds at run time.
+MAX_PROMPT_POINTS = 64
 DEFAULT_AXIS_RANGES: Dict[str, Tuple[int, int, int]] = {
     "batch": (1, 1, 4),
     "num_mem": (1, 7, 7),
     "num_ptr": (1, 16, 16),
-    "num_points": (1, 2, 8),
+    "num_points": (1, 2, MAX_PROMPT_POINTS),
 }
 
 

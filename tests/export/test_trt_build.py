@@ -306,8 +306,8 @@ def test_profile_shapes_from_spec():
     assert attn["mem_feats"] == ((1, 64, 16, 16), (7, 64, 16, 16), (7, 64, 16, 16))
     assert attn["obj_ptrs"] == ((1, 256), (16, 256), (16, 256))
     dec = profile_shapes(specs["mask_decoder"])
-    assert dec["point_coords"] == ((1, 1, 2), (1, 2, 2), (4, 8, 2))
-    assert dec["point_labels"] == ((1, 1), (1, 2), (4, 8))
+    assert dec["point_coords"] == ((1, 1, 2), (1, 2, 2), (4, 64, 2))  # SANSA: 20 clicks, scribbles up to 64
+    assert dec["point_labels"] == ((1, 1), (1, 2), (4, 64))
     assert "has_mask_input" not in dec
     custom = stage_specs(256, {"num_mem": (2, 3, 4)})["memory_attention"]
     assert profile_shapes(custom, ["mem_pos"]) == {"mem_pos": ((2, 64, 16, 16), (3, 64, 16, 16), (4, 64, 16, 16))}

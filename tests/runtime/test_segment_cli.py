@@ -28,3 +28,30 @@ def test_segment_cli_bad_reference(tiny_engines, tmp_path, capsys):
     rc = main(["--engines", str(tiny_engines), "--ref", f"{tmp_path}/no.png:{tmp_path}/no_mask.png",
                "--target", f"{tmp_path}/no.png", "--out", str(tmp_path / "o")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_segment_cli_scribble_reference(tiny_engines, tmp_path, capsys):
+    """--ref-scribble: the stroke image's pixels are the reference's clicks (as FewShotSegmenter.add_reference)."""
+    from runtime import FewShotSegmenter
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    stroke = np.zeros((120, 160), np.uint8)
+    cv2.line(stroke, (40, 30), (90, 60), 255, 1)
+    target = rng.integers(0, 256, (90, 200, 3), dtype=np.uint8)
+    for name, a in (("ref.png", img), ("stroke.png", stroke), ("t.png", target)):
+        cv2.imwrite(str(tmp_path / name), a if a.ndim == 2 else a[:, :, ::-1])
+    out = tmp_path / "out"
+    rc = main(["--engines", str(tiny_engines), "--ref-scribble", f"obj={tmp_path}/ref.png:{tmp_path}/stroke.png",
+               "--target", str(tmp_path / "t.png"), "--out", str(out), "--backend", "onnxruntime"])
+    assert rc == 0
+    got = cv2.imread(str(out / "t_obj_mask.png"), cv2.IMREAD_GRAYSCALE) > 0
+    with FewShotSegmenter.load(tiny_engines, backend="onnxruntime") as seg:
+        seg.add_reference(img, scribble=stroke > 0, concept="obj")
+        want = seg.segment(target)["obj"].mask
+    assert np.array_equal(got, want)
+
+
+def test_segment_cli_needs_a_reference(tiny_engines, tmp_path, capsys):
+    rc = main(["--engines", str(tiny_engines), "--target", f"{tmp_path}/t.png", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no reference" in capsys.readouterr().err
