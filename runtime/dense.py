@@ -3,13 +3,17 @@
 >>> seg = DenseSegmenter.load("engines/sam2-unet-large-352-fp16")
 >>> prob = seg.predict(image)          # HxW float32 probability map, image HxWx3 uint8 RGB
 
-Pre-processing follows the authors' test code: the image is resized to the
-model's square input (PIL bilinear, which is antialiased; for ``uint8`` input
-the resized image is rounded to 8 bits as PIL's output is), then ImageNet
-normalisation runs inside the graph. Post-processing follows their
-``test.py``: the logits are resized to the input image's size (bilinear,
+Pre-processing follows the authors' test code (``dataset.py`` ``TestDataset``:
+torchvision ``Resize((S, S))`` on a PIL image, ``ToTensor``, ``Normalize``):
+a ``uint8`` image is resized with Pillow's 8-bit bilinear arithmetic,
+reproduced exactly (:func:`runtime.resize.resize_uint8_pil`, each pass
+rounded to 8 bits), then scaled to [0, 1]; ImageNet normalisation runs inside
+the graph. Float images in [0, 1] (no 8-bit stage to reproduce) get the
+antialiased float resize. Post-processing follows their ``test.py``: the
+logits are resized to the input image's size (bilinear,
 ``align_corners=False``) and passed through a sigmoid. Their saved PNGs are
-additionally min-max normalised per image: :func:`prob_to_png` does that.
+min-max normalised per image in float32 and truncated to 8 bits:
+:func:`prob_to_png` does exactly that.
 
 Split builds (encoder(s) + decoder) are chained by tensor name
 (:func:`run_parts`), so one code path serves every build. Imports NumPy and
@@ -29,23 +33,26 @@ from runtime.backends.base import StageRunner
 from runtime.dense_spec import LOGITS, manifest_dense_specs
 from runtime.manifest import ManifestError, load_manifest
 from runtime.preprocess import image_to_float_rgb
-from runtime.resize import resize_bilinear
+from runtime.resize import resize_bilinear, resize_uint8_pil
 from runtime.spec import StageSpec
 
 DENSE_KINDS = ("sam2-unet", "sam2-unext")
 
 
-def prepare_image(image: np.ndarray, size: int, round_uint8: bool = True) -> Tuple[np.ndarray, Tuple[int, int]]:
+def prepare_image(image: np.ndarray, size: int, pil_uint8: bool = True) -> Tuple[np.ndarray, Tuple[int, int]]:
     """Validate ``image`` and return ``([1,3,S,S] float32 in [0,1], (H, W))``.
 
-    ``round_uint8``: for ``uint8`` input, round the resized image to 8 bits
-    (PIL's ``Image.resize`` output, which the authors' ``transforms.Resize``
-    feeds to ``ToTensor``).
+    ``pil_uint8``: a ``uint8`` image is resized as the authors' ``transforms.Resize``
+    on a PIL image does (Pillow's 8-bit bilinear, reproduced exactly), then
+    ``ToTensor``'s ``/ 255``. Otherwise (and for float input) the antialiased
+    float resize (torch's ``F.interpolate(antialias=True)``).
     """
     rgb = image_to_float_rgb(image)
-    x = resize_bilinear(rgb, (size, size), antialias=True)
-    if round_uint8 and image.dtype == np.uint8:
-        x = np.clip(np.rint(x * np.float32(255.0)), 0, 255) / np.float32(255.0)
+    if pil_uint8 and image.dtype == np.uint8:
+        u8 = np.rint(rgb * np.float32(255.0)).astype(np.uint8)  # the image's own 8-bit RGB values
+        x = resize_uint8_pil(u8, (size, size)).astype(np.float32) / np.float32(255.0)
+    else:
+        x = resize_bilinear(rgb, (size, size), antialias=True)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32), rgb.shape[:2]
 
 
@@ -75,11 +82,19 @@ def logits_to_probability(logits: np.ndarray, image_hw: Tuple[int, int]) -> np.n
 
 
 def prob_to_png(prob: np.ndarray, minmax: bool = True) -> np.ndarray:
-    """``uint8`` map as the authors' ``test.py`` saves it (per-image min-max normalised)."""
-    p = np.asarray(prob, np.float64)
-    if minmax:
-        p = (p - p.min()) / (p.max() - p.min() + 1e-8)
-    return (p * 255).astype(np.uint8)
+    """``uint8`` map as the authors' ``test.py`` saves it.
+
+    Their ``res = (res - res.min()) / (res.max() - res.min() + 1e-8); (res * 255).astype(np.uint8)``
+    runs in float32 (the sigmoid's dtype), where the ``1e-8`` vanishes next to a
+    range near 1 (so the maximum becomes exactly 255), and ``astype`` truncates.
+    ``minmax=False``: ``round(255 * p)`` instead.
+    """
+    p = np.asarray(prob, np.float32)
+    if not minmax:
+        return np.clip(np.rint(p * np.float32(255.0)), 0, 255).astype(np.uint8)
+    lo, hi = p.min(), p.max()
+    p = (p - lo) / (hi - lo + np.float32(1e-8))
+    return (p * np.float32(255.0)).astype(np.uint8)
 
 
 def open_dense(engine_dir: str | Path, kinds: Sequence[str], backend: str = "auto", threads: int = 0,

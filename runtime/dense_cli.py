@@ -66,8 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for k, v in seg.timings.items():
                 timings.setdefault(k, []).append(v)
             mask = prob > args.threshold
-            png = (prob_to_png(prob) if not args.no_minmax
-                   else np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8))
+            png = prob_to_png(prob, minmax=not args.no_minmax)
             write_image(args.out / f"{path.stem}_prob.png", png)
             write_image(args.out / f"{path.stem}_mask.png", mask.astype(np.uint8) * 255)
             write_image(args.out / f"{path.stem}_overlay.png",

@@ -67,7 +67,7 @@ class FeatureExtractor:
         """``{name: [C, h, w] float32}`` for ``image`` (``HxWx3`` uint8 RGB, or float RGB in [0,1])."""
         self.timings = {}
         t = time.perf_counter()
-        x, _ = prepare_image(image, self.size, round_uint8=False)
+        x, _ = prepare_image(image, self.size, pil_uint8=False)
         self.timings["preprocess"] = time.perf_counter() - t
         env = run_parts(self.runners, self.specs, {"image": x}, self.timings)
         r = list(self.runners.values())[-1]

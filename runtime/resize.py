@@ -70,3 +70,57 @@ def resize_bilinear(x: np.ndarray, size: Tuple[int, int], antialias: bool = Fals
     x = np.asarray(x, dtype=np.float32)
     x = _resize_axis(x, size[1], axes[1], antialias)
     return _resize_axis(x, size[0], axes[0], antialias)
+
+
+# PIL's 8-bit resampling ---------------------------------------------------------------
+# The dense models' authors resize with torchvision's Resize on a PIL image, i.e.
+# Pillow's ``Image.resize(size, BILINEAR)``: a separable triangle filter (support
+# widened by the scale when downsampling), fixed-point weights with 22 fraction
+# bits, horizontal pass first, and each pass rounded and clipped to uint8. This
+# reproduces Pillow's ``Resample.c`` integer arithmetic exactly, so no Pillow is
+# needed on the device (tests compare it with Pillow pixel for pixel).
+_PIL_PRECISION_BITS = 22
+
+
+@lru_cache(maxsize=64)
+def _pil_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(index [out, K] int, fixed-point weight [out, K] int32)`` as Pillow's ``precompute_coeffs``."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    ksize = int(np.ceil(support)) * 2 + 1
+    centers = (np.arange(out_size) + 0.5) * scale
+    xmin = np.maximum(np.trunc(centers - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum(np.trunc(centers + support + 0.5).astype(np.int64), in_size)
+    count = xmax - xmin
+    k = np.arange(ksize)[None, :]
+    x = (k + xmin[:, None] - centers[:, None] + 0.5) / filterscale
+    w = np.where(k < count[:, None], np.maximum(1.0 - np.abs(x), 0.0), 0.0)
+    total = w.sum(axis=1, keepdims=True)
+    w = np.where(total != 0, w / np.where(total != 0, total, 1.0), w)
+    fixed = np.trunc(0.5 + w * (1 << _PIL_PRECISION_BITS)).astype(np.int32)  # weights are >= 0
+    return np.minimum(xmin[:, None] + k, in_size - 1), fixed
+
+
+def _pil_pass(x: np.ndarray, out_size: int, axis: int) -> np.ndarray:
+    idx, w = _pil_taps(x.shape[axis], out_size)
+    x = np.moveaxis(x, axis, 0)
+    # 255 * 2**22 + 2**21 < 2**31: the sums fit int32, as in Pillow.
+    acc = np.full((out_size,) + x.shape[1:], 1 << (_PIL_PRECISION_BITS - 1), dtype=np.int32)
+    wshape = (out_size,) + (1,) * (x.ndim - 1)
+    for j in range(idx.shape[1]):
+        acc += w[:, j].reshape(wshape) * x[idx[:, j]]
+    out = np.clip(acc >> _PIL_PRECISION_BITS, 0, 255).astype(np.uint8)
+    return np.moveaxis(out, 0, axis)
+
+
+def resize_uint8_pil(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """``uint8 [H,W,C]`` -> ``uint8 [h,w,C]`` exactly as Pillow's ``resize((w, h), BILINEAR)``."""
+    if image.dtype != np.uint8:
+        raise TypeError(f"resize_uint8_pil takes uint8 images, got {image.dtype}")
+    x = image
+    if x.shape[1] != size[1]:
+        x = _pil_pass(x.astype(np.int32), size[1], 1)
+    if x.shape[0] != size[0]:
+        x = _pil_pass(x.astype(np.int32), size[0], 0)
+    return np.array(x, dtype=np.uint8)
