@@ -35,7 +35,7 @@ from bench.throughput import BenchError, _int_list, _machine, _versions, peak_rs
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.dense", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--engines", nargs="+", type=Path, required=True,
+    p.add_argument("--model-dir", nargs="+", type=Path, required=True, dest="folders",
                    help="folders made by export.build --model sam2-unet|sam2-unext|features")
     p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "auto"))
     p.add_argument("--batch", default="1,2", help="batch sizes of the chained-parts throughput")
@@ -46,22 +46,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare-pytorch", action="store_true", help="time the PyTorch modules too")
     p.add_argument("--peak-size", type=int, default=4096, help="matrix side of the peak matmul")
     p.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    p.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
     return p.parse_args(argv)
 
 
-def choice_from_manifest(manifest: dict):
+def choice_from_manifest(manifest):
     """The :class:`~export.dense.models.DenseChoice` a folder was built from."""
     from export.dense.dinov2 import DinoConfig
     from export.dense.models import DenseChoice
 
-    m = manifest["model"]
-    return DenseChoice(m["kind"], trunk=m["trunk"], sam2_version=m["sam2_version"],
-                       image_size=int(m["image_size"]), fpn=bool(m.get("fpn")), split=bool(m.get("split")),
-                       dino=DinoConfig(**m["dino"]) if m.get("dino") else None)
+    m, d = manifest.model, manifest.model.details
+    return DenseChoice(manifest.kind, trunk=d["trunk"], sam2_version=m.sam2_version,
+                       image_size=m.image_size, fpn=bool(d.get("fpn")), split=bool(d.get("split")),
+                       dino=DinoConfig(**d["dino"]) if d.get("dino") else None)
 
 
-def _validate(args) -> List[dict]:
-    from runtime.manifest import ManifestError, load_manifest
+def _validate(args) -> list:
+    from runtime.core.folder import ModelFolder
 
     if args.iterations < 1:
         raise BenchError(f"--iterations must be >= 1, got {args.iterations}")
@@ -72,17 +73,8 @@ def _validate(args) -> List[dict]:
     if len(hw) != 2:
         raise BenchError(f"--image-hw must be H,W, got {args.image_hw!r}")
     args.hw = tuple(hw)
-    manifests = []
-    for d in args.engines:
-        try:
-            m = load_manifest(d, stages=())
-        except ManifestError as e:
-            raise BenchError(str(e))
-        if m["model"].get("kind") not in ("sam2-unet", "sam2-unext", "features"):
-            raise BenchError(f"{d} holds a {m['model'].get('kind')!r} model; benchmark it with "
-                             "python -m bench.throughput")
-        manifests.append(m)
-    return manifests
+    return [ModelFolder.open(d, kinds=("sam2-unet", "sam2-unext", "features")).manifest
+            for d in args.folders]
 
 
 def _row(part, s, flop, peak, pt_median=None):
@@ -95,24 +87,23 @@ def _row(part, s, flop, peak, pt_median=None):
     return row
 
 
-def bench_folder(engine_dir: Path, manifest: dict, args, peak: float) -> dict:
+def bench_folder(engine_dir: Path, manifest, args, peak: float) -> dict:
     import torch
 
     from bench.flops import count_flops
     from export.dense.models import build_dense, export_nets, reference_net
-    from export.onnx_export import example_feeds
-    from runtime.dense import DenseSegmenter, run_parts
-    from runtime.dense_spec import manifest_dense_specs
-    from runtime.features import FeatureExtractor
+    from runtime.core.spec import example_feeds
+    from runtime.dense.features import FeatureExtractor
+    from runtime.dense.segmenter import DenseSegmenter, run_parts
 
     choice = choice_from_manifest(manifest)
-    specs = manifest_dense_specs(manifest)
+    specs = manifest.specs
     model = build_dense(choice)  # FLOPs and eager timings do not depend on the weights' values
     nets = export_nets(model, choice)
     flops = {k: count_flops(nets[k], specs[k], {"batch": 1}) for k in specs}
     cls = FeatureExtractor if choice.kind == "features" else DenseSegmenter
     runner = cls.load(engine_dir, backend=args.backend, threads=args.threads)
-    label = f"{engine_dir.name} [{runner.backend}, {manifest['precision']}]"
+    label = f"{engine_dir.name} [{runner.backend}, {manifest.precision}]"
     pt_parts: Dict[str, dict] = {}
     if args.compare_pytorch:
         if args.threads:
@@ -128,7 +119,7 @@ def bench_folder(engine_dir: Path, manifest: dict, args, peak: float) -> dict:
     parts = []
     for k, sp in specs.items():
         feeds = example_feeds(sp, {"batch": 1})
-        s = summarize(time_calls(lambda: runner.runners[k].infer(feeds), args.warmup, args.iterations))
+        s = summarize(time_calls(lambda: runner.session.runners[k].infer(feeds), args.warmup, args.iterations))
         parts.append(_row(k, s, flops[k], peak, pt_parts.get(k, {}).get("median")))
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (*args.hw, 3), dtype=np.uint8)
@@ -144,18 +135,18 @@ def bench_folder(engine_dir: Path, manifest: dict, args, peak: float) -> dict:
     if args.compare_pytorch:
         e2e["pytorch_model"] = pt_whole  # the whole model, same size input, no pre/post-processing
     batch = []
-    bmax = manifest["axis_ranges"]["batch"][2]
+    bmax = manifest.axis_max("batch")
     for b in args.batch_list:
         if b > bmax:
             batch.append({"batch": b, "skipped": f"engine batch axis allows at most {bmax}"})
             continue
         x = example_feeds(next(iter(specs.values())), {"batch": b})["image"]
-        s = summarize(time_calls(lambda: run_parts(runner.runners, specs, {"image": x}),
+        s = summarize(time_calls(lambda: run_parts(runner.session.runners, specs, {"image": x}),
                                  args.warmup, args.iterations))
         batch.append({"batch": b, **s, "images_per_s": b / s["median"]})
     runner.close()
     return {"label": label, "engines": str(engine_dir), "kind": choice.kind,
-            "model": choice.describe(), "backend": runner.backend, "precision": manifest["precision"],
+            "model": choice.describe(), "backend": runner.backend, "precision": manifest.precision,
             "parts": parts, "pytorch_parts": [_row(k, s, flops[k], peak) for k, s in pt_parts.items()],
             "end_to_end": e2e, "batch": batch, "peak_rss_mb": peak_rss_mb()}
 
@@ -213,7 +204,7 @@ def run(args) -> dict:
     peak = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
     peak_gflops = ((peak["cuda"] or peak["cpu"]) if args.backend == "tensorrt" else peak["cpu"])["gflops"]
     variants = []
-    for d, m in zip(args.engines, manifests):
+    for d, m in zip(args.folders, manifests):
         print(f"[bench] {d} ({args.backend}) ...", flush=True)
         variants.append(bench_folder(d, m, args, peak_gflops))
     return {"command": "python -m bench.dense " + " ".join(shlex.quote(a) for a in args.argv),
@@ -228,22 +219,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = argv
-    from runtime.backends.base import BackendUnavailable
-    from runtime.fileio import atomic_path, write_json_atomic
+    from runtime.cli.common import run_main
+    from runtime.core.fileio import atomic_path, write_json_atomic
 
-    try:
+    def body():
         rec = run(args)
-    except (BenchError, BackendUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out.with_suffix(".json"), rec)
-    md = markdown(rec)
-    with atomic_path(args.out.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(md)
-    print(md)
-    print(f"wrote {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
-    return 0
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out.with_suffix(".json"), rec)
+        md = markdown(rec)
+        with atomic_path(args.out.with_suffix(".md")) as tmp:
+            Path(tmp).write_text(md)
+        print(md)
+        print(f"wrote {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+
+    return run_main(body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from export.onnx_export import example_feeds
-from runtime.spec import StageSpec
+from runtime.core.spec import StageSpec
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

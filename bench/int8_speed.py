@@ -1,6 +1,6 @@
 """INT8 (Q/DQ ONNX) vs FP32 ONNX Runtime CPU speed per stage, on this machine (not a test).
 
-    python bench/int8_speed.py --engines DIR [--int8-dir DIR/calib_work] [--runs 10] [--threads 0]
+    python bench/int8_speed.py --model-dir DIR [--int8-dir DIR/calib_work] [--runs 10] [--threads 0]
 
 Uses the recorded calibration inputs (DIR/calib_cache, made by
 ``python -m calib.report``) and the ``<stage>.int8.onnx`` files found in
@@ -34,25 +34,25 @@ def _time(runner, feeds, runs):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engines", type=Path, required=True)
+    p.add_argument("--model-dir", type=Path, required=True, dest="folder")
     p.add_argument("--int8-dir", type=Path)
-    p.add_argument("--cache", type=Path, help="recorded inputs (default ENGINES/calib_cache)")
+    p.add_argument("--cache", type=Path, help="recorded inputs (default MODEL_DIR/calib_cache)")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
 
-    from calib.record import MARKER, _load_samples, read_manifest_loose
-    from runtime.backends.onnxruntime import OnnxRuntimeStageRunner
-    from runtime.manifest import manifest_specs
-    from runtime.spec import STAGES
+    from calib.record import MARKER, _load_samples
+    from runtime.core.backends.onnxruntime import OnnxRuntimeStageRunner
+    from runtime.core.folder import ModelFolder
+    from runtime.sam2.spec import STAGES
 
-    manifest = read_manifest_loose(a.engines)
-    specs = manifest_specs(manifest)
-    cache = a.cache or a.engines / "calib_cache"
+    folder = ModelFolder.read(a.folder)
+    specs = folder.specs
+    cache = a.cache or a.folder / "calib_cache"
     if not (cache / MARKER).is_file():
         print(f"error: no complete recording in {cache}; run python -m calib.report first", file=sys.stderr)
         return 2
-    dirs = [a.int8_dir] if a.int8_dir else [a.engines / "calib_work", a.engines]
+    dirs = [a.int8_dir] if a.int8_dir else [a.folder / "calib_work", a.folder]
     print(f"{'stage':<18} {'fp32 ms':>9} {'int8 ms':>9} {'int8/fp32':>10}")
     for s in STAGES:
         q = next((d / f"{s}.int8.onnx" for d in dirs if (d / f"{s}.int8.onnx").is_file()), None)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
             print(f"{s:<18} (no {s}.int8.onnx)")
             continue
         feeds = _load_samples(cache / f"{s}.npz")[-1]
-        f32 = OnnxRuntimeStageRunner(specs[s], a.engines / manifest["stages"][s]["onnx"]["file"],
+        f32 = OnnxRuntimeStageRunner(specs[s], a.folder / folder.file_record(s, "fp32").file,
                                      a.threads, ["CPUExecutionProvider"]).activate()
         i8 = OnnxRuntimeStageRunner(specs[s], q, a.threads, ["CPUExecutionProvider"]).activate()
         t32, t8 = _time(f32, feeds, a.runs), _time(i8, feeds, a.runs)

@@ -2,7 +2,7 @@
 
 The PNG (matplotlib, Agg backend: no display needed) shows per-stage median
 latency as grouped bars, one group per stage and one bar per variant
-(engines folder / backend / precision, and the PyTorch reference).
+(model folder / backend / precision, and the PyTorch reference).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from runtime.fileio import atomic_path, write_json_atomic
+from runtime.core.fileio import atomic_path, write_json_atomic
 
 
 def _ms(x) -> str:

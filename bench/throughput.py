@@ -1,6 +1,6 @@
-"""``python -m bench.throughput``: per-stage latency and throughput of engines folders.
+"""``python -m bench.throughput``: per-stage latency and throughput of model folders.
 
-For every engines folder (all of one model and image size; their manifests
+For every model folder (all of one model and image size; their manifests
 are compared) and every ``--shots`` k, on the same synthetic images:
 
 - **stages**: each stage runner alone on identical feeds (memory attention
@@ -50,12 +50,14 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from runtime.errors import UsageError
+
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
 CPU_INT8_CHOICES = ("auto", "on", "off", "both")
 PIPE_STAGES = ("preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess", "total")
 
 
-class BenchError(ValueError):
+class BenchError(UsageError):
     """Bad benchmark input: reported as ``error: ...`` with exit status 2."""
 
 
@@ -72,7 +74,8 @@ def _int_list(text: str, what: str) -> List[int]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--engines", nargs="+", type=Path, required=True, help="engines folders")
+    p.add_argument("--model-dir", nargs="+", type=Path, required=True, dest="folders",
+                   help="model folders (export.build) of one model and image size")
     p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
     p.add_argument("--shots", default="1,5", help="references per concept, comma separated")
     p.add_argument("--batch", default="1,4", help="image-encoder batch sizes")
@@ -87,12 +90,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare-pytorch", action="store_true", help="time the PyTorch reference too")
     p.add_argument("--peak-size", type=int, default=4096, help="matrix side of the peak matmul")
     p.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    p.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
     return p.parse_args(argv)
 
 
 def validate(args) -> List[dict]:
     """Check the settings and the folders; returns their manifests."""
-    from runtime.manifest import ManifestError, load_manifest
+    from runtime.core.folder import ModelFolder
 
     if args.backend not in BACKENDS:
         raise BenchError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -106,20 +110,19 @@ def validate(args) -> List[dict]:
         raise BenchError(f"--threads must be >= 0, got {args.threads}")
     args.shots_list = _int_list(args.shots, "shots")
     args.batch_list = _int_list(args.batch, "batch")
-    manifests = []
-    for d in args.engines:
-        try:
-            manifests.append(load_manifest(d))
-        except ManifestError as e:
-            raise BenchError(str(e))
-    keys = ("name", "sam2_version", "image_size", "kind", "adapters")
-    first = {k: manifests[0]["model"].get(k) for k in keys}
-    for d, m in zip(args.engines[1:], manifests[1:]):
-        other = {k: m["model"].get(k) for k in keys}
+    manifests = [ModelFolder.open(d, kinds=("sam2-fewshot", "sam2")).manifest for d in args.folders]
+    keys = ("name", "sam2_version", "image_size", "adapters")
+
+    def describe(m):
+        return {**{k: m.model.to_dict().get(k) for k in keys}, "kind": m.kind}
+
+    first = describe(manifests[0])
+    for d, m in zip(args.folders[1:], manifests[1:]):
+        other = describe(m)
         if other != first:
             diff = {k: (first[k], other[k]) for k in keys if first[k] != other[k]}
             raise BenchError(
-                f"engines folders are of different models: {args.engines[0]} vs {d} differ in "
+                f"model folders are of different models: {args.folders[0]} vs {d} differ in "
                 + ", ".join(f"{k} ({a!r} vs {b!r})" for k, (a, b) in diff.items())
                 + "; benchmark one model and image size per report")
     return manifests
@@ -204,33 +207,30 @@ def _time_references(segmenter, k: int, refs, masks) -> List[float]:
 
 
 def engine_variants(args, manifests) -> List[tuple]:
-    """``(engines folder, manifest, cpu_int8 mode)`` per variant to time, in the given order."""
-    from runtime.backends import CPU_INT8_KEY
-
+    """``(model folder, manifest, cpu_int8 mode)`` per variant to time, in the given order."""
     out = []
-    for d, m in zip(args.engines, manifests):
-        has = any(st.get(CPU_INT8_KEY) for st in m["stages"].values())
+    for d, m in zip(args.folders, manifests):
+        has = any("cpu-int8" in st.files for st in m.stages.values())
         if args.cpu_int8 == "on" and not has:
             raise BenchError(f"--cpu-int8 on: {d} has no dynamic-INT8 stages (build it with "
-                             "export.build --cpu-int8 STAGES, or use --cpu-int8 auto)")
+                             "export.build --cpu-int8-stages STAGES, or use --cpu-int8 auto)")
         modes = ["off", "on"] if args.cpu_int8 == "both" and has else [
             "off" if args.cpu_int8 == "both" else args.cpu_int8]
         out += [(d, m, mode) for mode in modes]
     return out
 
 
-def collect_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks, cases,
+def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases,
                     cpu_int8: str = "auto") -> dict:
-    """One round on an engines folder: raw seconds per stage case, pipeline stage and batch size."""
-    from export.onnx_export import example_feeds
-    from runtime.manifest import manifest_specs
-    from runtime.pipeline import FewShotSegmenter
+    """One round on a model folder: raw seconds per stage case, pipeline stage and batch size."""
+    from runtime.core.spec import example_feeds
+    from runtime.sam2.fewshot import FewShotSegmenter
 
-    specs = manifest_specs(manifest)
+    specs = manifest.specs
     seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads,
                                 cpu_int8=cpu_int8)
-    int8 = list(seg.engines.cpu_int8_stages)
-    precision = manifest.get("precision") if seg.backend == "tensorrt" else "fp32"
+    int8 = list(seg.session.variant_stages("cpu-int8"))
+    precision = manifest.precision if seg.backend == "tensorrt" else "fp32"
     if int8:
         precision += " + int8 dynamic: " + ", ".join(int8)
     raw = {"label": f"{engine_dir.name} [{seg.backend}, {precision}]",
@@ -238,7 +238,7 @@ def collect_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks,
            "cpu_int8_stages": int8, "stages": {}, "pipeline": {}, "batch": {}}
     for name, case in cases.items():
         feeds = example_feeds(specs[case["stage"]], _case_axes(case, specs))
-        r = seg.runners[case["stage"]]
+        r = seg.session.runners[case["stage"]]
         raw["stages"][name] = time_calls(lambda: r.infer(feeds), args.warmup, args.iterations)
     for k in args.shots_list:
         ref_t = _time_references(seg, k, refs, masks)
@@ -259,7 +259,7 @@ def collect_engines(engine_dir: Path, manifest: dict, args, frames, refs, masks,
             raw["batch"][b] = f"engine batch axis allows at most {bmax}"
             continue
         feeds = example_feeds(specs["image_encoder"], {"batch": b})
-        r = seg.runners["image_encoder"]
+        r = seg.session.runners["image_encoder"]
         raw["batch"][b] = time_calls(lambda: r.infer(feeds), args.warmup, args.iterations)
     seg.close()
     raw.update(peak_rss_mb=peak_rss_mb(), device_mem_mb=_device_mem_mb())
@@ -270,8 +270,8 @@ def collect_pytorch(args, frames, refs, masks, cases, nets, specs, model) -> dic
     """One round on the PyTorch reference, raw seconds in the layout of :func:`collect_engines`."""
     import torch
 
-    from export.onnx_export import example_feeds
     from export.reference import TorchFewShotSegmenter
+    from runtime.core.spec import example_feeds
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -360,23 +360,23 @@ def _attach_ratios(variants: List[dict], base: dict, name: str = "pytorch") -> N
                 p[f"reference_speedup_vs_{name}"] = q["reference"]["median"] / p["reference"]["median"]
 
 
-def _model_for(manifest: dict):
-    from export.adapters import fold_adapter_scale
-    from export.assembly import AdapterConfig, assemble
+def _model_for(manifest):
+    from export.adapters import AdapterConfig, fold_adapter_scale
+    from export.assembly import assemble
     from export.models import ModelChoice
 
-    m = manifest["model"]
-    ad = m.get("adapters")
+    m = manifest.model
+    ad = m.adapters
     adapters = None if ad is None else AdapterConfig(tuple(ad["stages"]), ad["channel_factor"])
-    ck = manifest.get("checkpoints", {})
-    if not m.get("random_weights") and "sam2" not in ck:
-        raise BenchError("--compare-pytorch needs the checkpoints the engines were built from; "
+    ck = manifest.provenance.get("checkpoints", {})
+    if not m.random_weights and "sam2" not in ck:
+        raise BenchError("--compare-pytorch needs the checkpoints the folder was built from; "
                          "the manifest records none")
-    model, _ = assemble(ModelChoice(m["name"], m["sam2_version"], m["image_size"]), adapters,
+    model, _ = assemble(ModelChoice(m.name, m.sam2_version, m.image_size), adapters,
                         Path(ck["sam2"]["path"]) if "sam2" in ck else None,
                         Path(ck["adapter"]["path"]) if "adapter" in ck else None,
-                        random_weights=bool(m.get("random_weights")), seed=m.get("seed") or 0,
-                        fewshot=m.get("kind") != "sam2")
+                        random_weights=m.random_weights, seed=m.seed or 0,
+                        fewshot=manifest.kind != "sam2")
     fold_adapter_scale(model)
     return model.eval()
 
@@ -423,7 +423,7 @@ def reference_nets(model) -> Dict[str, object]:
 
 
 def measure_rounds(args, variants, frames, refs, masks, cases, nets, specs, model, peak) -> dict:
-    """``--rounds`` rounds over every engines folder (and the PyTorch reference),
+    """``--rounds`` rounds over every model folder (and the PyTorch reference),
     in reverse order every other round, so drift from a shared machine's load
     falls on every variant alike; samples are pooled per variant.
 
@@ -463,11 +463,9 @@ def run(args) -> dict:
     from bench.flops import stage_flops
     from bench.peak import measure_peak
     from export.subnets import build_subnets
-    from runtime.manifest import manifest_specs
-
     m0 = manifests[0]
-    size = int(m0["model"]["image_size"])
-    specs = manifest_specs(m0)
+    size = m0.image_size
+    specs = m0.specs
     peak = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
     model = _model_for(m0)
     nets = reference_nets(model)
@@ -499,28 +497,28 @@ def run(args) -> dict:
                      "batch": args.batch_list, "iterations": args.iterations, "warmup": args.warmup,
                      "rounds": args.rounds, "cpu_int8": args.cpu_int8,
                      "compare_pytorch": args.compare_pytorch, "torch_threads": torch.get_num_threads(),
-                     "engines": [str(d) for d in args.engines]},
-        "model": {k: m0["model"].get(k) for k in ("name", "sam2_version", "image_size", "kind")},
+                     "folders": [str(d) for d in args.folders]},
+        "model": {"name": m0.model.name, "sam2_version": m0.model.sam2_version,
+                  "image_size": m0.image_size, "kind": m0.kind},
         "peak": peak, "flops": flops, "flops_export": exported, "variants": variants, "pytorch": pt,
     }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from runtime.cli.common import run_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = argv
-    from bench.report import write_report
-    from runtime.backends.base import BackendUnavailable
 
-    try:
-        rec = run(args)
-    except (BenchError, BackendUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    paths = write_report(rec, args.out)
-    print(open(paths["md"]).read())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    def body():
+        from bench.report import write_report
+
+        paths = write_report(run(args), args.out)
+        print(open(paths["md"]).read())
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+    return run_main(body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ Tracks two objects through N generated frames (made one at a time, never
 held in a list) and prints the process's resident memory and the number of
 frame outputs the tracker holds, every ``--every`` frames.
 
-    python -m bench.tracker_memory --engines DIR [--frames 1000] [--every 100]
+    python -m bench.tracker_memory --model-dir DIR [--frames 1000] [--every 100]
 
-DIR is a stock-SAM2 engines folder (``python -m export.build --stock-sam2
+DIR is a stock-SAM2 model folder (``python -m export.build --stock-sam2
 --no-adapters ...``).
 """
 
@@ -21,8 +21,9 @@ from typing import Iterator, List, Optional
 import numpy as np
 import psutil
 
-from runtime.manifest import ManifestError
-from runtime.tracker import VideoTracker
+from runtime.cli.common import run_main
+from runtime.errors import UsageError
+from runtime.sam2.tracker import VideoTracker
 
 
 def moving_scene(size: int, num_frames: int) -> Iterator[np.ndarray]:
@@ -41,25 +42,25 @@ def moving_scene(size: int, num_frames: int) -> Iterator[np.ndarray]:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.tracker_memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engines", type=Path, required=True, help="stock-SAM2 engines folder")
+    p.add_argument("--model-dir", type=Path, required=True, dest="folder", help="stock-SAM2 model folder")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime or tensorrt")
     p.add_argument("--frames", type=int, default=1000, help="video length")
     p.add_argument("--every", type=int, default=100, help="report interval in frames")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime (0: default)")
+    p.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
     return p.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    return run_main(lambda: _run(args), debug=args.debug)
+
+
+def _run(args) -> int:
     if args.frames < 2 or args.every < 1:
-        print("error: --frames must be >= 2 and --every >= 1", file=sys.stderr)
-        return 2
-    try:
-        tracker = VideoTracker.load(args.engines, backend=args.backend, threads=args.threads)
-    except (ManifestError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    size = tracker.engines.size
+        raise UsageError("--frames must be >= 2 and --every >= 1")
+    tracker = VideoTracker.load(args.folder, backend=args.backend, threads=args.threads)
+    size = tracker.stages.size
     proc = psutil.Process()
     frames = moving_scene(size, args.frames)
     first = next(frames)

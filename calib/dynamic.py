@@ -1,25 +1,21 @@
 """Dynamic INT8 for ONNX Runtime on CPUs: ``<stage>.cpu-int8.onnx`` per stage.
 
 Why a second INT8 scheme besides the Q/DQ graphs of :mod:`calib.quantize`:
-those are made for TensorRT (static, symmetric scales that TensorRT fuses
-into its INT8 kernels); ONNX Runtime's CPU provider runs them mostly as
-float ops between Quantize/Dequantize pairs and measured *slower* than FP32
-(bench/int8_speed.py). CPUs with integer dot-product instructions (x86
-AVX512-VNNI / AVX-VNNI, Arm dot-product) run ORT's ``MatMulInteger`` at
-~3x the FP32 GEMM rate (measured on an earlier 2-core AMD EPYC with AVX512-VNNI:
-4096^3 fp32 174 GFLOP/s vs int8 519 GOP/s; 4096x4100x256, the attention
-shape, 208 vs 766), and the stages are GEMM-bound. So here every ``MatMul``
+those are made for TensorRT; ONNX Runtime's CPU provider runs them mostly as
+float ops between Quantize/Dequantize pairs, slower than FP32. CPUs with
+integer dot-product instructions run ORT's ``MatMulInteger`` faster than its
+FP32 GEMM, and the stages are GEMM-bound. So here every ``MatMul``
 (projections, MLPs and the attention products QK^T and A.V alike) becomes
 ``DynamicQuantizeLinear`` (uint8 activations, one scale per tensor, computed
 on each call: nothing to calibrate) + ``MatMulInteger`` with int8 weights
 (one scale per output channel): ``onnxruntime.quantization.quantize_dynamic``,
 then :mod:`calib.dynamic_graph` gives the attention products a symmetric
-int8 right operand (uint8 x uint8 takes MLAS's slower kernel; memory
-attention 1.38x -> 1.56x FP32's speed at 5 memories on a 2-core AVX2 EPYC).
-Everything else (LayerNorm, Softmax, GELU, convolutions, RoPE) stays FP32.
+int8 right operand. Everything else (LayerNorm, Softmax, GELU, convolutions,
+RoPE) stays FP32. The rates measured on the project's CPUs are in
+``bench/reports/cpu-int8-notes.md``.
 
 Weight range: x86 CPUs without VNNI saturate full-range int8 weights in
-MLAS's GEMM (runtime/backends/cpu_features.py), so there weights are
+MLAS's GEMM (runtime/core/backends/cpu_features.py), so there weights are
 quantized to 7 bits (ORT's ``reduce_range``). :func:`resolve_weight_range`
 picks it for the build machine unless told (``--cpu-int8-range``); the
 manifest records it and the runtime refuses full-range files on such CPUs.
@@ -35,20 +31,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
-from runtime.fileio import atomic_path
+from runtime.core.fileio import atomic_path
+from runtime.core.folder import ModelFolder, onnx_name
+from runtime.errors import UsageError
 
-FILE_SUFFIX = ".cpu-int8.onnx"
 WEIGHT_RANGES = ("auto", "reduced", "full")
 
 
 def resolve_weight_range(choice: str = "auto") -> Tuple[bool, str]:
     """``(reduce_range, why)`` for ``choice`` ("auto": reduced where this CPU would saturate)."""
-    from runtime.backends.cpu_features import describe, saturates_full_range
+    from runtime.core.backends.cpu_features import describe, saturates_full_range
 
     if choice not in WEIGHT_RANGES:
-        raise ValueError(f"unknown INT8 weight range {choice!r}; choose one of {', '.join(WEIGHT_RANGES)}")
+        raise UsageError(f"unknown INT8 weight range {choice!r}; choose one of {', '.join(WEIGHT_RANGES)}")
     if choice == "auto":
         reduced = saturates_full_range()
         return reduced, (f"auto: {describe()} -> "
@@ -105,14 +102,14 @@ def count_integer_matmuls(onnx_path: str | Path) -> Dict[str, int]:
     return {"MatMulInteger": ops.count("MatMulInteger"), "MatMul": ops.count("MatMul")}
 
 
-def quantize_dynamic_stages(engine_dir: Path, stage_records: Mapping[str, dict], stages: Sequence[str],
+def quantize_dynamic_stages(folder: ModelFolder, stages: Sequence[str],
                             log=print, reduce_range: bool = False) -> Dict[str, Path]:
     """Quantize each of ``stages`` from its FP32 ONNX; returns ``{stage: <stage>.cpu-int8.onnx}``."""
     paths: Dict[str, Path] = {}
     bits = 7 if reduce_range else 8
     for s in stages:
-        src = Path(engine_dir) / stage_records[s]["onnx"]["file"]
-        dst = Path(engine_dir) / f"{s}{FILE_SUFFIX}"
+        src = folder.path / folder.file_record(s, "fp32").file
+        dst = folder.path / onnx_name(s, "cpu-int8")
         log(f"[cpu-int8] {s}: quantizing every MatMul (dynamic, per-channel {bits}-bit int8 weights) ...")
         quantize_dynamic_stage(src, dst, stage=s, reduce_range=reduce_range)
         n = count_integer_matmuls(dst)

@@ -4,21 +4,11 @@
 inputs are activations (the attention products Q.K^T and A.V) like any other:
 both operands go through ``DynamicQuantizeLinear`` (uint8 with a zero
 point) into ``MatMulInteger``. uint8 x uint8 runs MLAS's slower U8U8 kernel
-and ORT cannot fuse it into ``DynamicQuantizeMatMul`` (ONNX Runtime 1.32,
-2-core AVX2 AMD EPYC, 4096x256x20480, the cross-attention Q.K^T at 5
-memories: 183 ms vs 150 ms for uint8 x int8; FP32 286 ms).
+and ORT cannot fuse it into ``DynamicQuantizeMatMul``.
 :func:`tune_activation_products` quantizes the right operand symmetrically
 to int8 instead (one scale per call, ``max|B| / limit``, no zero point),
 which takes the U8S8 kernel (VNNI where the CPU has it) and ORT's fusion.
-
-Memory attention (4 layers x {self, cross} x {Q.K^T, A.V}), interleaved, 4
-calls each: FP32 2586 ms, uint8 x uint8 1878 ms, symmetric int8 right
-operand 1653 ms at 5 memories; 1146 / 810 / 707 ms at 1 memory; relative L2
-to FP32 9.0e-3 either way (the weights' quantization dominates). The image
-encoder's 24 attention products gain nothing measurable (1750 vs 1791 ms,
-noise). Putting the A.V products with few columns back to FP32 (quantizing
-the [4096 x 20480] attention matrix costs one pass per call) was tried too:
-no measurable gain, so it is not done.
+Measurements (and the variant tried and dropped): ``bench/reports/cpu-int8-notes.md``.
 
 :func:`constants_to_initializers` runs first: weights the exporter left as
 ``Constant`` nodes (memory attention's folded value/output projection)

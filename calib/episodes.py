@@ -22,14 +22,14 @@ exercise every stage but do not represent real images.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runtime import imageio
-from runtime.preprocess import InputError
+from runtime.core import imageio
+from runtime.errors import InputError, UsageError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 _REF = re.compile(r"^ref_(?P<key>[^.]+?)(?P<mask>_mask)?$")
@@ -37,7 +37,7 @@ _TARGET = re.compile(r"^target_(?P<key>[^.]+)$")
 MIN_EPISODES_DEFAULT = 1
 
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(UsageError):
     """The calibration folder cannot be used; the message says what to fix."""
 
 
@@ -67,7 +67,7 @@ def _sort_key(k: str):
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """Episode image -> ``[H,W,3]`` uint8 RGB (runtime.imageio), errors as CalibrationDataError."""
+    """Episode image -> ``[H,W,3]`` uint8 RGB (runtime.core.imageio), errors as CalibrationDataError."""
     try:
         return imageio.read_rgb(path)
     except InputError as e:

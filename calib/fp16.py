@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, List, Optional, Set
+from typing import List, Set
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def to_fp16_onnx(src: str | Path, dst: str | Path, keep_softmax_fp32: bool = Fal
     import onnx
     from onnxruntime.transformers import float16
 
-    from runtime.fileio import atomic_path
+    from runtime.core.fileio import atomic_path
 
     model = _short_names(onnx.load(os.fspath(src)))
     pinned = fp32_pinned_nodes(model, keep_softmax_fp32)
@@ -106,7 +106,7 @@ def emulate_fp16_onnx(src: str | Path, dst: str | Path, keep_softmax_fp32: bool 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from runtime.fileio import atomic_path
+    from runtime.core.fileio import atomic_path
 
     model = _named(onnx.load(os.fspath(src)))
     g = model.graph
@@ -152,7 +152,7 @@ def fp16_runner(spec, src: str | Path, work_dir: str | Path, keep_softmax_fp32: 
     fails with onnxruntime 1.31's float16 converter on these graphs: duplicate Cast names),
     or "auto" (native, else emulated).
     """
-    from runtime.backends.onnxruntime import OnnxRuntimeStageRunner
+    from runtime.core.backends.onnxruntime import OnnxRuntimeStageRunner
 
     work_dir = Path(work_dir)
     stem = Path(src).stem

@@ -11,6 +11,7 @@ happen to survive; the IoU gate catches error that accumulates across
 stages (an INT8 encoder feeding an INT8 memory path). Relative L2 is reported
 but not gated (cosine is the scale-free version of the same check).
 
+The gate values live in :mod:`runtime.core.compare` (the project's one table).
 When the gate fails, :func:`suggest_mixed` looks for the largest set of INT8
 stages that passes: first it drops the stages that fail their own cosine
 gate, then, while the end-to-end gate still fails, the remaining INT8 stage
@@ -19,18 +20,22 @@ with the lowest cosine. The dropped stages are to stay at FP16 (or FP32).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
+
+from runtime.core.compare import REDUCED_END_TO_END, REDUCED_STAGE, MaskGate, StageGate
 
 
 @dataclass(frozen=True)
 class Gates:
-    min_mean_iou: float = 0.95
-    min_worst_iou: float = 0.90
-    min_stage_cosine: float = 0.99
+    """The per-stage and end-to-end gates one reduced-precision setting must pass
+    (defaults: :data:`runtime.core.compare.REDUCED_STAGE` and ``REDUCED_END_TO_END``)."""
 
-    def as_dict(self) -> Dict[str, float]:
-        return asdict(self)
+    stage: StageGate = REDUCED_STAGE
+    e2e: MaskGate = REDUCED_END_TO_END
+
+    def as_dict(self) -> Dict[str, Dict[str, float]]:
+        return {"stage": self.stage.as_dict(), "end_to_end": self.e2e.as_dict()}
 
 
 DEFAULT_GATES = Gates()
@@ -40,21 +45,20 @@ def check(result: dict, gates: Gates = DEFAULT_GATES) -> dict:
     """``{"passed", "failed_stages", "reasons"}`` for one evaluated precision setting.
 
     ``result`` is :func:`calib.report.evaluate`'s output. ``failed_stages``
-    names the reduced-precision stages below the cosine gate; when only the
+    names the reduced-precision stages below their stage gate; when only the
     end-to-end gate fails, it names the reduced stage with the lowest cosine.
     """
     reasons: List[str] = []
     failed: List[str] = []
     reduced = {s: r for s, r in result["stages"].items() if r["precision"] != "fp32"}
     for s, r in reduced.items():
-        if r["cosine"] < gates.min_stage_cosine:
+        bad = gates.stage.failures(r)
+        if bad:
             failed.append(s)
-            reasons.append(f"{s} ({r['precision']}): cosine {r['cosine']:.4f} < {gates.min_stage_cosine}")
-    e2e = result["e2e"]
-    e2e_ok = e2e["mean_iou"] >= gates.min_mean_iou and e2e["worst_iou"] >= gates.min_worst_iou
-    if not e2e_ok:
-        reasons.append(f"end to end: mean IoU {e2e['mean_iou']:.4f} (gate {gates.min_mean_iou}), "
-                       f"worst {e2e['worst_iou']:.4f} (gate {gates.min_worst_iou})")
+            reasons.append(f"{s} ({r['precision']}): " + ", ".join(bad))
+    e2e_bad = gates.e2e.failures(result["e2e"]["mean_iou"], result["e2e"]["worst_iou"])
+    if e2e_bad:
+        reasons.append("end to end: " + "; ".join(e2e_bad))
         if not failed and reduced:
             failed.append(min(reduced, key=lambda s: reduced[s]["cosine"]))
     return {"passed": not reasons, "failed_stages": failed, "reasons": reasons}

@@ -31,18 +31,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from runtime.fileio import atomic_path
+from runtime.core.fileio import atomic_path
+from runtime.core.folder import ModelFolder, onnx_name
+from runtime.errors import Sam2EdgeError, UsageError
 
 METHODS = ("entropy", "minmax", "percentile")
 DEFAULT_METHOD = "entropy"
 DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(Sam2EdgeError):
     """A stage could not be quantized; the message names the stage and the cause."""
 
 
@@ -52,7 +54,7 @@ def _calibration_method(method: str):
     table = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
              "percentile": CalibrationMethod.Percentile}
     if method not in table:
-        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     return table[method]
 
 
@@ -141,16 +143,16 @@ def count_qdq(onnx_path: str | Path) -> Dict[str, int]:
             "DequantizeLinear": ops.count("DequantizeLinear")}
 
 
-def quantize_stages(engine_dir: Path, stage_records: Mapping[str, dict], stages: Sequence[str],
+def quantize_stages(folder: ModelFolder, stages: Sequence[str],
                     samples: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
                     method: str = DEFAULT_METHOD, out_dir: Optional[Path] = None,
                     log=print) -> Dict[str, Path]:
-    """Quantize each of ``stages``; returns ``{stage: <stage>.int8.onnx path}``."""
-    out_dir = Path(out_dir or engine_dir)
+    """Quantize each of ``stages`` from its FP32 file; returns ``{stage: <stage>.int8.onnx path}``."""
+    out_dir = Path(out_dir or folder.path)
     paths: Dict[str, Path] = {}
     for s in stages:
-        src = Path(engine_dir) / stage_records[s]["onnx"]["file"]
-        dst = out_dir / f"{s}.int8.onnx"
+        src = folder.path / folder.file_record(s, "fp32").file
+        dst = out_dir / onnx_name(s, "int8")
         log(f"[int8] {s}: calibrating ({method}, {len(samples[s])} recorded inputs) ...")
         quantize_stage(src, dst, samples[s], stage=s, method=method)
         q = count_qdq(dst)

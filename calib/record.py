@@ -1,7 +1,8 @@
 """Run the FP32 pipeline over calibration episodes and record every stage's real inputs.
 
-The runners of a :class:`runtime.pipeline.FewShotSegmenter` are wrapped so
-that each ``infer(feeds)`` call also stores a host copy of its feeds. What the
+The runners of a :class:`runtime.sam2.fewshot.FewShotSegmenter`'s session are
+wrapped (:meth:`~runtime.core.session.EngineSession.wrapped`) so that each
+``infer(feeds)`` call also stores a host copy of its feeds. What the
 quantizer calibrates on is therefore exactly what each stage sees in
 deployment (references through the encoder, decoder and memory encoder;
 targets through the encoder, memory attention and decoder), not random data.
@@ -24,9 +25,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from calib.episodes import CalibrationDataError, Episode
-from runtime.fileio import atomic_path, write_json_atomic
-from runtime.manifest import CONSTANTS_NAME, manifest_specs
-from runtime.spec import STAGES
+from runtime.core.fileio import atomic_path, write_json_atomic
+from runtime.core.folder import ModelFolder
+from runtime.sam2.spec import STAGES
 
 RECORD_FORMAT = 1
 MARKER = "complete.json"
@@ -50,40 +51,36 @@ class RecordingRunner:
         return getattr(self._inner, name)
 
 
-def read_manifest_loose(engine_dir: Path) -> dict:
-    """``manifest.json`` without the completeness check (the build reads its own draft)."""
-    path = Path(engine_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is missing; pass the build's manifest dict")
-    return json.loads(path.read_text())
+def open_segmenter(folder: ModelFolder, variants: Optional[Mapping[str, Any]] = None, threads: int = 0):
+    """A FewShotSegmenter over the folder's FP32 ONNX files on ONNX Runtime's CPU provider.
 
-
-def open_segmenter(engine_dir: str | Path, manifest: Optional[dict] = None,
-                   onnx_overrides: Optional[Mapping[str, str | Path]] = None,
-                   runner_overrides: Optional[Mapping[str, Any]] = None, threads: int = 0):
-    """A FewShotSegmenter over the folder's ONNX files (ONNX Runtime CPU).
-
-    ``onnx_overrides[stage]`` swaps in another ONNX file (an INT8 or FP16
-    variant); ``runner_overrides[stage]`` swaps in a ready runner.
-    ``manifest`` defaults to the folder's manifest.json (read without the
-    "complete" check, so the build can call this before it writes it).
+    ``variants[stage]`` swaps in another ONNX file (a path: an INT8 or FP16
+    variant) or a ready runner. The folder may still be building (its
+    manifest in memory); the segmenter owns its session (close it).
     """
-    from runtime.backends.onnxruntime import OnnxRuntimeStageRunner
-    from runtime.pipeline import FewShotSegmenter
+    from runtime.core.backends.onnxruntime import OnnxRuntimeStageRunner
+    from runtime.core.session import EngineSession
+    from runtime.sam2.fewshot import FewShotSegmenter
 
-    engine_dir = Path(engine_dir)
-    manifest = manifest if manifest is not None else read_manifest_loose(engine_dir)
-    specs = manifest_specs(manifest)
-    onnx_overrides = dict(onnx_overrides or {})
-    runners = dict(runner_overrides or {})
-    for s in STAGES:
-        if s in runners:
-            continue
-        path = onnx_overrides.get(s) or engine_dir / manifest["stages"][s]["onnx"]["file"]
-        runners[s] = OnnxRuntimeStageRunner(specs[s], path, threads, ["CPUExecutionProvider"]).activate()
-    with np.load(engine_dir / CONSTANTS_NAME) as z:
-        constants = {k: z[k] for k in z.files}
-    return FewShotSegmenter(runners, manifest, constants)
+    variants = dict(variants or {})
+    runners, created = {}, []
+    try:
+        for s in STAGES:
+            v = variants.get(s)
+            if v is not None and hasattr(v, "infer"):
+                runners[s] = v
+                continue
+            model = v if v is not None else folder.read_verified(folder.file_record(s, "fp32"))
+            runners[s] = OnnxRuntimeStageRunner(folder.specs[s], model, threads, ["CPUExecutionProvider"]).activate()
+            created.append(runners[s])
+        session = EngineSession(folder, runners, folder.load_constants())
+    except BaseException:
+        for r in created:
+            r.deactivate()
+        raise
+    seg = FewShotSegmenter(session)
+    seg._owns_session = True
+    return seg
 
 
 def run_episode(seg, ep: Episode) -> List[np.ndarray]:
@@ -104,10 +101,10 @@ def _progress(it, total: int, desc: str, enabled: bool):
     return tqdm(it, total=total, desc=desc, unit="episode", leave=False)
 
 
-def cache_key(engine_dir: Path, manifest: dict, episodes: Sequence[Episode]) -> str:
+def cache_key(folder: ModelFolder, episodes: Sequence[Episode]) -> str:
     h = hashlib.sha256(f"record-v{RECORD_FORMAT}".encode())
     for s in STAGES:
-        h.update(manifest["stages"][s]["onnx"]["sha256"].encode())
+        h.update(folder.file_record(s, "fp32").sha256.encode())
     for ep in episodes:
         h.update(ep.fingerprint().encode())
     return h.hexdigest()
@@ -148,8 +145,8 @@ def load_cache(cache_dir: Path, key: str):
     return samples, [o["logits"] for o in outs]
 
 
-def record_stage_inputs(engine_dir: str | Path, episodes: Sequence[Episode],
-                        cache_dir: Optional[str | Path] = None, manifest: Optional[dict] = None,
+def record_stage_inputs(folder: ModelFolder, episodes: Sequence[Episode],
+                        cache_dir: Optional[str | Path] = None,
                         log: Callable[[str], None] = print, progress: bool = True,
                         threads: int = 0):
     """Run the FP32 ONNX pipeline over ``episodes``; return ``(samples, fp32_logits)``.
@@ -160,24 +157,19 @@ def record_stage_inputs(engine_dir: str | Path, episodes: Sequence[Episode],
     """
     if not episodes:
         raise CalibrationDataError("no calibration episodes given")
-    engine_dir = Path(engine_dir)
-    manifest = manifest if manifest is not None else read_manifest_loose(engine_dir)
-    cache_dir = Path(cache_dir) if cache_dir else engine_dir / "calib_cache"
-    key = cache_key(engine_dir, manifest, episodes)
+    cache_dir = Path(cache_dir) if cache_dir else folder.path / "calib_cache"
+    key = cache_key(folder, episodes)
     cached = load_cache(cache_dir, key)
     if cached is not None:
         log(f"[calib] reusing recorded stage inputs from {cache_dir}")
         return cached
 
-    seg = open_segmenter(engine_dir, manifest, threads=threads)
     samples: Samples = {s: [] for s in STAGES}
-    seg.engines.runners = {s: RecordingRunner(r, samples[s]) for s, r in seg.runners.items()}
     logits: List[np.ndarray] = []
-    try:
+    with open_segmenter(folder, threads=threads) as seg, \
+            seg.session.wrapped(lambda s, r: RecordingRunner(r, samples[s])):
         for ep in _progress(episodes, len(episodes), "calib: FP32 pass", progress):
             logits += run_episode(seg, ep)
-    finally:
-        seg.close()
     # Write: marker gone first, data files atomically, marker last.
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / MARKER).unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from runtime.errors import UsageError
 
 ADAPTER_ATTR = "adapter"
 DEFAULT_STAGES = (2, 3)
@@ -93,7 +94,7 @@ def stage_block_indices(trunk: nn.Module, stages: Sequence[int]) -> List[int]:
     starts = [0] + [e + 1 for e in ends[:-1]]
     bad = [s for s in stages if not 0 <= s < len(ends)]
     if bad:
-        raise ValueError(f"adapter stages {bad} out of range; Hiera has stages 0..{len(ends)-1}")
+        raise UsageError(f"adapter stages {bad} out of range; Hiera has stages 0..{len(ends)-1}")
     return [i for s in stages for i in range(starts[s], ends[s] + 1)]
 
 
@@ -108,13 +109,13 @@ def insert_adapters(
     Returns the block indices that received one.
     """
     if channel_factor <= 0:
-        raise ValueError(f"channel_factor must be > 0, got {channel_factor}")
+        raise UsageError(f"channel_factor must be > 0, got {channel_factor}")
     indices = stage_block_indices(trunk, stages)
     for i in indices:
         block = trunk.blocks[i]
         width = bottleneck(block.dim, channel_factor)
         if width < 1:
-            raise ValueError(
+            raise UsageError(
                 f"channel_factor {channel_factor} gives an empty bottleneck for block {i} "
                 f"(dim_in={block.dim})"
             )

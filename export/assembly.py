@@ -26,7 +26,8 @@ from export.checkpoints import (
     shape_mismatches,
 )
 from export.models import FEWSHOT_OVERRIDES, ModelChoice
-from runtime.spec import check_image_size
+from runtime.core.spec import check_image_size
+from runtime.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -195,14 +196,14 @@ def assemble(
 ) -> Tuple[torch.nn.Module, LoadReport]:
     """Build the model and fill its weights: from checkpoints (paths or :class:`Checkpoint`), or seeded random."""
     if random_weights and (sam2_checkpoint or adapter_checkpoint):
-        raise ValueError("--random-weights and checkpoint paths exclude each other; pass one")
+        raise UsageError("--random-weights and checkpoint paths exclude each other; pass one")
     if not random_weights and sam2_checkpoint is None:
-        raise ValueError(
+        raise UsageError(
             f"no SAM2 checkpoint: pass --sam2-checkpoint {choice.checkpoint_name} "
             "(official file), or --random-weights to try the tool without one"
         )
     if not random_weights and adapters is not None and adapter_checkpoint is None:
-        raise ValueError(
+        raise UsageError(
             "no adapter checkpoint: pass --adapter-checkpoint PATH, or --no-adapters "
             "to export plain SAM2"
         )

@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from runtime.fileio import atomic_path
+from runtime.core.fileio import atomic_path
+from runtime.errors import UsageError
 
 # Exactly what SANSA's checkpoints hold besides tensors and plain containers.
 SAFE_GLOBALS = (argparse.Namespace,)
@@ -51,7 +52,7 @@ SANSA_MODEL_NAMES = {"tiny": "tiny", "small": "small", "base": "base_plus", "bas
                      "large": "large"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint file cannot be used with the model being built."""
 
 

@@ -1,29 +1,34 @@
-"""The TensorRT step of ``export.build``: engines from the verified ONNX files.
+"""The TensorRT step of every build: one engine per stage, from the file of the stage's precision.
 
 Where TensorRT or a GPU is absent this step records why and builds nothing;
-the ONNX files stay usable with the ONNX Runtime backend.
+the ONNX files stay usable with the ONNX Runtime backend. An engine of a
+folder built from the same inputs is reused only when it is usable here
+(:func:`runtime.core.folder.engine_usable_here`: same TensorRT version and
+GPU, the check the runtime makes at load) and was built from the same file
+with the same options; otherwise it is rebuilt.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Optional
 
-from runtime.fileio import sha256_file
-from runtime.spec import StageSpec
+from runtime.core.fileio import sha256_file
+from runtime.core.folder import EngineRecord, ModelFolder, engine_name, engine_usable_here
 
 TIMING_CACHE_NAME = "timing.cache"
 
 
-def build_engines(out: Path, specs: Dict[str, StageSpec], stage_records: Dict[str, dict],
-                  args, previous: dict, log: Callable[[str], None]) -> dict:
-    """Build one engine per stage into ``out``; fills ``stage_records[stage]["engine"]``.
+def build_engines(folder: ModelFolder, previous: Optional[ModelFolder], *, skip: bool,
+                  keep_norm_fp32: bool, log: Callable[[str], None]) -> dict:
+    """Build one engine per stage of ``folder`` (from ``files[stage.precision]``, else its FP32 file).
 
-    Returns the manifest's ``tensorrt`` entry: ``{"built": bool, "reason": str, ...}``.
+    Fills each stage's ``engine`` record; returns the manifest's ``tensorrt``
+    entry: ``{"built": bool, "reason": str, ...}``.
     """
-    if args.skip_tensorrt:
+    if skip:
         log("[tensorrt] skipped (--skip-tensorrt): ONNX files only")
         return {"built": False, "reason": "--skip-tensorrt"}
+    from runtime.core.backends import cuda
     from export.trt_build import build_engine, tensorrt_status
 
     ok, reason = tensorrt_status()
@@ -32,31 +37,33 @@ def build_engines(out: Path, specs: Dict[str, StageSpec], stage_records: Dict[st
             "with --backend onnxruntime; build engines on the target device with the same "
             "command.")
         return {"built": False, "reason": reason}
-    timing_cache = out / TIMING_CACHE_NAME
+    from runtime.core.backends.tensorrt import load_tensorrt
+
+    trt_version, gpu = load_tensorrt().__version__, cuda.gpu_record()
+    timing_cache = folder.path / TIMING_CACHE_NAME
     info = {"built": True, "timing_cache": TIMING_CACHE_NAME, "engines": {}}
-    for name, spec in specs.items():
-        onnx_rec = stage_records[name].get("onnx_int8") or stage_records[name]["onnx"]
-        onnx_path = out / onnx_rec["file"]
-        # int8 builds quantize only the stages calibration produced Q/DQ graphs
-        # for; the others (the memory path by default) stay fp16.
-        precision = args.precision
-        if precision == "int8" and "onnx_int8" not in stage_records[name]:
-            precision = "fp16"
-        engine_path = out / f"{name}.{precision}.engine"
-        prev = previous.get("stages", {}).get(name, {}).get("engine")
-        if (prev and engine_path.is_file() and prev.get("sha256") == sha256_file(engine_path)
-                and prev.get("onnx_sha256") == onnx_rec["sha256"]):
-            log(f"[tensorrt] {name}: up to date, reusing {engine_path.name}")
-            stage_records[name]["engine"] = prev
-            continue
-        log(f"[tensorrt] {name}: building {precision} engine (can take minutes) ...")
-        record = build_engine(
-            onnx_path, engine_path, spec, precision,
-            keep_norm_fp32=not args.no_fp32_norm, timing_cache=timing_cache, log=log,
-        )
-        record.update(file=engine_path.name, sha256=sha256_file(engine_path),
-                      onnx_sha256=onnx_rec["sha256"])
-        stage_records[name]["engine"] = record
+    for name, spec in folder.specs.items():
+        stage = folder.stage(name)
+        variant = stage.precision if stage.precision in stage.files else "fp32"
+        src = stage.files[variant]
+        engine_path = folder.path / engine_name(name, stage.precision)
+        prev = previous.manifest.stages[name].engine if previous and name in previous.manifest.stages else None
+        if (prev and engine_path.is_file() and prev.sha256 == sha256_file(engine_path)
+                and prev.onnx_sha256 == src.sha256 and prev.precision == stage.precision
+                and prev.build.get("keep_norm_fp32") == (keep_norm_fp32 and stage.precision != "fp32")):
+            why = engine_usable_here(prev, trt_version, gpu)
+            if why is None:
+                log(f"[tensorrt] {name}: up to date, reusing {engine_path.name}")
+                stage.engine = prev
+                continue
+            log(f"[tensorrt] {name}: rebuilding: {why}")
+        log(f"[tensorrt] {name}: building {stage.precision} engine from {src.file} (can take minutes) ...")
+        record = build_engine(folder.path / src.file, engine_path, spec, stage.precision,
+                              keep_norm_fp32=keep_norm_fp32, timing_cache=timing_cache, log=log)
+        stage.engine = EngineRecord(
+            file=engine_path.name, sha256=record.pop("sha256"), precision=stage.precision,
+            built_from=variant, onnx_sha256=src.sha256, tensorrt_version=record.pop("tensorrt_version"),
+            gpu=record.pop("gpu"), build={k: v for k, v in record.items() if k not in ("file", "precision")})
         info["engines"][name] = engine_path.name
         log(f"[tensorrt] {name}: built in {record.get('build_seconds', 0):.0f}s")
     return info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List
+from runtime.errors import UsageError
 
 MODEL_NAMES = ("tiny", "small", "base_plus", "large")
 SAM2_VERSIONS = ("2.0", "2.1")
@@ -14,7 +15,7 @@ _CHECKPOINT_NAMES = {
     "2.1": "sam2.1_hiera_{name}.pt",
 }
 
-# SANSA's changes to the SAM2 config (fewshot-pipeline.md, "Model assembly").
+# SANSA's changes to the SAM2 config (docs/inference-contract.md, "The model").
 FEWSHOT_OVERRIDES = (
     "++model.pred_obj_scores=false",
     "++model.pred_obj_scores_mlp=false",
@@ -32,11 +33,11 @@ class ModelChoice:
 
     def __post_init__(self):
         if self.name not in MODEL_NAMES:
-            raise ValueError(
+            raise UsageError(
                 f"unknown model {self.name!r}; choose one of {', '.join(MODEL_NAMES)}"
             )
         if self.sam2_version not in SAM2_VERSIONS:
-            raise ValueError(
+            raise UsageError(
                 f"unknown SAM2 version {self.sam2_version!r}; choose one of "
                 f"{', '.join(SAM2_VERSIONS)}"
             )

@@ -2,11 +2,12 @@
 
 Uses the TorchScript exporter (``dynamo=False``) at opset 17, which honours
 the opset request for every stage (the dynamo exporter moves the encoder to
-18; see platform-notes.md). Dynamic axes come from :mod:`runtime.spec`.
+18; see docs/platform-notes.md). Dynamic axes come from :mod:`runtime.sam2.spec`.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Dict, Mapping, Optional
@@ -15,8 +16,10 @@ import numpy as np
 import onnx
 import torch
 
-from runtime.fileio import atomic_path
-from runtime.spec import StageSpec
+from runtime.core.compare import FP32_PARITY, compare_outputs, worst
+from runtime.core.fileio import atomic_path, sha256_file
+from runtime.core.folder import FileRecord, StageRecord, onnx_name
+from runtime.core.spec import StageSpec, example_feeds
 
 OPSET = 17
 
@@ -25,38 +28,13 @@ def _dynamic_axes(spec: StageSpec) -> Dict[str, Dict[int, str]]:
     return {t.name: t.dynamic_axes for t in spec.inputs + spec.outputs if t.dynamic_axes}
 
 
-def example_feeds(spec: StageSpec, axes: Mapping[str, int], seed: int = 0) -> Dict[str, np.ndarray]:
-    """Random but meaningful inputs for ``spec`` with dynamic axes set by ``axes``.
-
-    Point labels are drawn from {-1, 0, 1}, coordinates inside the image,
-    ``has_mask_input`` is 1; everything else is standard normal (images uniform).
-    """
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for t in spec.inputs:
-        shape = t.concrete_shape(dict(axes))
-        if t.name == "image":
-            a = rng.random(shape)
-        elif t.name == "point_coords":
-            a = rng.random(shape) * spec.inputs[0].shape[-1] * 16  # 0..S
-        elif t.name == "point_labels":
-            a = rng.integers(-1, 2, size=shape)
-        elif t.name == "has_mask_input":
-            a = np.ones(shape)
-        elif t.name == "mask_logits":
-            a = rng.standard_normal(shape) * 10
-        else:
-            a = rng.standard_normal(shape)
-        feeds[t.name] = np.ascontiguousarray(a, dtype=np.float32)
-    return feeds
-
-
 def export_onnx(net: torch.nn.Module, spec: StageSpec, path: str | Path,
                 axes: Optional[Mapping[str, int]] = None, opset: int = OPSET,
                 fold: bool = False) -> Path:
     """Trace ``net`` on example inputs and write a checked ONNX file atomically.
 
-    ``fold``: replace the graph's input-independent subgraphs by their values
+    ``axes``: the dynamic axes' values to trace at (default: the ranges' opt
+    values, at least 2 except for the batch). ``fold``: replace the graph's input-independent subgraphs by their values
     before writing (:func:`export.ort_optimize.fold_constants`, exact: shape
     arithmetic, Hiera's position-embedding resize, attention scales).
     """
@@ -98,27 +76,6 @@ def ort_session(path: str | Path, threads: int = 0):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def relative_l2(a: np.ndarray, b: np.ndarray) -> float:
-    """``||a - b|| / ||b||`` (0 when both are zero)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    denom = np.linalg.norm(b)
-    return float(np.linalg.norm(a - b) / denom) if denom else float(np.linalg.norm(a - b))
-
-
-def compare_outputs(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
-    """Per-output relative L2 and max abs error of ``got`` against ``ref``."""
-    out = {}
-    for name, r in ref.items():
-        g = np.asarray(got[name])
-        if g.shape != r.shape:
-            raise AssertionError(f"output {name!r}: shape {g.shape} != reference {r.shape}")
-        out[name] = {
-            "rel_l2": relative_l2(g, r),
-            "max_abs": float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0,
-        }
-    return out
-
-
 @torch.no_grad()
 def torch_outputs(net: torch.nn.Module, spec: StageSpec, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     outs = net(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
@@ -130,7 +87,9 @@ def check_parity(net: torch.nn.Module, spec: StageSpec, onnx_path: str | Path,
                  axes_list, seed: int = 1, session=None) -> Dict[str, object]:
     """Run ONNX Runtime and PyTorch on fresh random inputs for each axes setting.
 
-    Returns ``{"rel_l2": worst, "max_abs": worst, "cases": [...]}``.
+    Returns the worst ``rel_l2``/``max_abs``/``cosine`` over cases and outputs,
+    the gate (:data:`runtime.core.compare.FP32_PARITY`), ``passed``, and the
+    per-case figures.
     """
     session = session or ort_session(onnx_path)
     cases = []
@@ -138,7 +97,27 @@ def check_parity(net: torch.nn.Module, spec: StageSpec, onnx_path: str | Path,
         feeds = example_feeds(spec, axes, seed=seed + i)
         ref = torch_outputs(net, spec, feeds)
         got = dict(zip(spec.output_names, session.run(list(spec.output_names), feeds)))
-        cases.append({"axes": dict(axes), "outputs": compare_outputs(got, ref)})
-    worst_rel = max(o["rel_l2"] for c in cases for o in c["outputs"].values())
-    worst_abs = max(o["max_abs"] for c in cases for o in c["outputs"].values())
-    return {"rel_l2": worst_rel, "max_abs": worst_abs, "cases": cases}
+        cases.append({"axes": dict(axes), **compare_outputs(got, ref)})
+    w = worst(o for c in cases for k, o in c.items() if k != "axes")
+    return {**w, "gate": FP32_PARITY.as_dict(), "passed": not FP32_PARITY.failures(w), "cases": cases}
+
+
+def export_stage(net: torch.nn.Module, spec: StageSpec, folder: Path, cases, previous: Optional[StageRecord],
+                 fold: bool, log, step: str = "", axes: Optional[Mapping[str, int]] = None) -> StageRecord:
+    """Export one stage to ``folder/<stage>.onnx`` and verify it; reuse ``previous`` if its file still matches.
+
+    Returns the stage's record: the FP32 file and its parity to PyTorch.
+    """
+    path = Path(folder) / onnx_name(spec.name)
+    prev = previous.files.get("fp32") if previous else None
+    if prev and path.is_file() and sha256_file(path) == prev.sha256 and previous.parity:
+        log(f"{step}{spec.name}: up to date, reusing {path.name}")
+        return StageRecord({"fp32": prev}, parity=previous.parity)
+    t = time.time()
+    log(f"{step}{spec.name}: exporting ONNX (opset {OPSET}) ...")
+    export_onnx(net, spec, path, axes=axes, fold=fold)
+    log(f"{step}{spec.name}: exported in {time.time() - t:.1f}s; verifying in ONNX Runtime ...")
+    parity = check_parity(net, spec, path, cases)
+    log(f"{step}{spec.name}: rel L2 {parity['rel_l2']:.2e}, max abs {parity['max_abs']:.2e} "
+        f"(gate {FP32_PARITY.max_rel_l2:.0e}) {'ok' if parity['passed'] else 'FAILED'}")
+    return StageRecord({"fp32": FileRecord(path.name, sha256_file(path))}, parity=parity)

@@ -9,91 +9,15 @@ Two passes (:data:`PASSES`, run by :func:`optimize_for_ort` and the CLI):
   Hiera's bicubic position-embedding ``Resize`` and every SDPA ``1/sqrt(d)``
   scale run on every call. ``export.build`` applies it to every SAM2 stage it
   exports (``--plain-export`` leaves it out, for before/after benchmarks).
-- ``fuse`` (:func:`fuse_attention`, opt-in): the fused-attention rewrite
-  below, measured slower on this CPU.
+- ``fuse`` (:func:`fuse_attention`, opt-in): each ``MatMul -> Softmax ->
+  MatMul`` chain (with the SDPA scales and the key transpose) becomes one
+  ``com.microsoft.MultiHeadAttention``, whose CPU kernel computes attention
+  block-wise without the score matrix; outputs stay within relative L2 1e-5.
+  It measured slower on the project's CPUs, so it is opt-in.
 
-Image encoder: where the time goes (hiera-tiny SAM2.1 + adapters, fp32, 1024 px,
-ORT 1.31 CPU, 2 cores shared with other jobs, ``enable_profiling``, 2 runs)
------------------------------------------------------------------------------
-Plain export, per op type: ``MatMul`` 65%, ``Resize`` 10% (one node: Hiera's
-bicubic position embedding, ``[1,96,7,7] -> [1,96,256,256]``, a constant
-recomputed on every call), ``Softmax`` 6%, ``Add`` 5% (biases of 3-D/4-D
-MatMuls, which ORT does not fuse into ``Gemm``), ``Transpose`` 4% (window
-partition / head split), ``Conv`` 3%, ``Gelu`` 2%, ``Split`` 2% (qkv unbind),
-``LayerNormalization`` 1%. Every attention's ``q*sqrt(s)``/``k*sqrt(s)``
-scale comes from ``Shape(q)``, so ORT cannot fuse it into the ``MatMul``.
-The GEMMs run at similar rates (qkv/MLP/proj ~48-51 GFLOP/s on the loaded
-machine, global attention ~43-50, the windowed attention's batched 64x64
-tiles ~29): the encoder is GEMM-bound at ~50-55% of the matmul peak because
-its GEMMs are small-K (96/192 channels in stages 1-2) and ~25% of the time
-is in non-GEMM ops. After ``fold`` the ``Resize`` is gone and the QK^T
-products become ``FusedMatMul`` with the scale; interleaved A/B, CPU time
-per call (spinning off, 4 calls each): 5.52 s -> 4.86 s median (-12%),
-outputs rel. L2 6e-7 from the plain graph (0.0 for the embedding alone).
-Re-measured on ORT 1.32 (idle machine, interleaved, 4 calls each): 3.15 s ->
-2.63 s (-17%). Left: the ``Add``/``Transpose``/``Split``/``Softmax`` share
-(~15%) needs a rewrite of Hiera's blocks (2-D token layout so biases fold into
-``Gemm``, windows partitioned once per stage), not a graph pass. At FP32 the
-encoder cannot get much faster than ~1.6 s here (298 GFLOP at the ~180 GFLOP/s
-matmul peak); fewer bits can: see calib/dynamic.py (INT8 GEMMs run ~3x the
-FP32 rate on this CPU's AVX512-VNNI).
-
-Memory attention (plain export, idle machine, 1 memory + 1 pointer)
------------------------------------------------------------------------------
-``F.scaled_dot_product_attention`` is exported by the TorchScript exporter
-(opset 17) as ``MatMul(q*sqrt(s), Transpose(k)*sqrt(s)) -> Softmax ->
-MatMul(., v)``, so ORT materialises the score matrix of every layer
-(``[4096 x 4100]``, 67 MB, with one memory; ``[4096 x 28736]``, 470 MB, with
-seven). Per-node time of one 1.85 s run on an idle machine: ``MatMul`` 82% +
-``FusedMatMul`` 8% (the 16 attention matmuls, 4 layers x {self, cross} x
-{QK^T, PV}, 80-180 ms each, plus the projections/MLP), ``Softmax`` 4%; the
-real-valued RoPE ops (``Reshape/Gather/Concat/Mul/Sub/Add``), LayerNorm,
-transposes: < 5% together. Memory attention is ~186 GFLOP at one memory
-(bench/flops.py; the 48 GFLOP in platform-notes.md missed SDPA, which
-FlopCounterMode does not count on the CPU), so the plain export already runs
-at ~150 GFLOP/s = ~83% of the 4096^3 fp32 matmul peak measured in the same run
-(182 GFLOP/s), and matches PyTorch eager (1.23 s vs 1.28 s). It is compute
-bound: neither the score-matrix traffic nor the RoPE ops are the bottleneck,
-and no graph rewrite can make it 2x faster at the same FLOPs. (Earlier
-measurements of 4.6 s were taken while another job shared the 2 cores.)
-Threads: intra_op 2 vs 1: 1.30 s vs 2.68 s (scales ~2x; keep ``threads=0``,
-which picks one per physical core).
-Fewer FLOPs is what helps: export/rope.py folds the single-head value
-projection into the output projection (186 -> 156 GFLOP at one memory, 465 ->
-330 at five) and gives SDPA a constant scale (fused by ORT); interleaved A/B on
-the shared machine, 5 calls each: 2.66 s -> 2.19 s median (-18%). ``fold``
-then removes 60% of the nodes (shape arithmetic) for no measurable time.
-
-Fused attention: tried, and its measured result
------------------------------------------------
-:func:`optimize_for_ort` replaces each ``MatMul -> Softmax -> MatMul`` chain
-(with the SDPA scale multiplications and the key transpose) by one
-``com.microsoft.MultiHeadAttention`` contrib op, whose CPU kernel computes
-attention block-wise (MLAS flash attention) without writing the score matrix.
-Queries/keys/values stay in the exporter's ``[B, H, N, d]`` layout upstream;
-the rewrite adds the transposes to the ``[B, N, H*d]`` layout the op expects
-(no-ops for SAM2's single head) and back. Outputs stay within relative L2
-1e-5 of the original (2e-7 measured at 1024; tests/export/test_ort_optimize.py).
-
-Measured on the idle 2-core machine (1024 px, 1 memory + 1 pointer, median of 3):
-
-======================  ============  ============
-memory attention        threads = 2   threads = 1
-======================  ============  ============
-plain export            1.30 s        2.68 s
-fused (this module)     1.67 s        3.10 s
-======================  ============  ============
-
-So on this CPU the fused graph is ~25% *slower*. In the profile the
-MultiHeadAttention kernels themselves take ~20% less than the unfused
-MatMul/Softmax chains, but ORT then runs the projections/MLP as ``Gemm`` at
-~390 ms instead of ~25 ms (its MatMul/Transpose fusions around the rewritten
-region change), which more than eats the gain. A real speed-up needs fewer
-FLOPs (export/rope.py now folds ``v_proj`` into ``out_proj``, so the PV
-product of cross attention runs at d=64) or a faster GEMM (fp16/bf16
-hardware, GPU). Keep this rewrite opt-in (``--passes fold,fuse``) and benchmark it per
-target: on CPUs/GPU execution providers with a fast MultiHeadAttention kernel
-it avoids the O(N_q x N_k) memory.
+The profiles these passes came from (per-op shares of each stage, the GEMM
+rates against the matmul peak, the fused-attention experiment and why it
+stays opt-in) are in ``bench/reports/ort-graph-profiles.md``.
 
 Usage::
 
@@ -114,10 +38,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from runtime.errors import UsageError
 
 MS_DOMAIN = "com.microsoft"
-# Stages whose graphs contain the exported SDPA pattern worth fusing.
-FUSABLE_STAGES = ("memory_attention", "mask_decoder", "image_encoder", "memory_encoder")
 
 
 class _Graph:
@@ -481,23 +404,23 @@ def optimize_for_ort(onnx_path: str | os.PathLike, out_path: str | os.PathLike, 
                      passes: Sequence[str] = ("fold",)) -> dict:
     """Write an optimised copy of ``onnx_path`` to ``out_path`` (atomically).
 
-    ``stage`` names the sub-network (``runtime.spec.STAGES``); ``passes`` run
+    ``stage`` names the sub-network (``runtime.sam2.spec.STAGES``); ``passes`` run
     in order, from :data:`PASSES`: ``fold`` (:func:`fold_constants`, exact)
     and ``fuse`` (:func:`fuse_attention`, measured slower on the CPU).
     Returns ``stage``, ``nodes_before``/``nodes_after``, ``source``,
     ``output`` and each pass's own report under its name.
     """
-    from runtime.fileio import atomic_path
-    from runtime.spec import STAGES
+    from runtime.core.fileio import atomic_path
+    from runtime.sam2.spec import STAGES
 
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+        raise UsageError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     unknown = [p for p in passes if p not in PASSES]
     if unknown or not passes:
-        raise ValueError(f"unknown passes {unknown or list(passes)}; choose from {list(PASSES)}")
+        raise UsageError(f"unknown passes {unknown or list(passes)}; choose from {list(PASSES)}")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
-        raise FileNotFoundError(f"{onnx_path} does not exist")
+        raise UsageError(f"{onnx_path} does not exist")
     model = onnx.load(os.fspath(onnx_path))
     report = {"stage": stage, "nodes_before": len(model.graph.node),
               "source": str(onnx_path), "output": str(out_path)}
@@ -512,8 +435,16 @@ def optimize_for_ort(onnx_path: str | os.PathLike, out_path: str | os.PathLike, 
 def verify(original: str | os.PathLike, optimized: str | os.PathLike, stage: str,
            axes: Optional[Dict[str, int]] = None, seed: int = 3, threads: int = 0) -> float:
     """Relative L2 (worst output) of ``optimized`` against ``original`` in ORT CPU on random feeds."""
-    from export.onnx_export import example_feeds, ort_session, relative_l2
-    from runtime.spec import stage_specs
+    import onnxruntime as ort
+
+    from runtime.core.compare import rel_l2
+    from runtime.core.spec import example_feeds
+    from runtime.sam2.spec import stage_specs
+
+    def ort_session(path, threads):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        return ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
 
     s0 = ort_session(original, threads)
     side = s0.get_inputs()[0].shape[-1]
@@ -525,7 +456,7 @@ def verify(original: str | os.PathLike, optimized: str | os.PathLike, stage: str
     names = list(spec.output_names)
     a = s0.run(names, feeds)
     b = s1.run(names, feeds)
-    return max(relative_l2(y, x) for x, y in zip(a, b))
+    return max(rel_l2(y, x) for x, y in zip(a, b))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -535,12 +466,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--stage", default="memory_attention")
     ap.add_argument("--passes", default="fold", help=f"comma separated, in order: {', '.join(PASSES)}")
     ap.add_argument("--verify", action="store_true", help="compare outputs with the original in ORT")
+    ap.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
     args = ap.parse_args(argv)
-    try:
-        rep = optimize_for_ort(args.onnx, args.out, args.stage, args.passes.split(","))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from runtime.cli.common import run_main
+
+    return run_main(lambda: _optimize(args), debug=args.debug)
+
+
+def _optimize(args) -> int:
+    rep = optimize_for_ort(args.onnx, args.out, args.stage, args.passes.split(","))
     done = []
     if "fold" in rep:
         done.append(f"folded {rep['fold']['folded']} constant tensors "

@@ -1,4 +1,4 @@
-"""The PyTorch reference of the few-shot flow (fewshot-pipeline.md), on sam2's own methods.
+"""The PyTorch reference of the few-shot flow (docs/inference-contract.md), on sam2's own methods.
 
 Same user-facing API as :class:`runtime.FewShotSegmenter` so the two can be
 compared call for call. Everything runs in fp32 on the CPU (or the model's
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from export.subnets import IMAGENET_MEAN, IMAGENET_STD
-from runtime.results import ConceptResult, SegmentationResult
+from runtime.sam2.results import ConceptResult, SegmentationResult
 
 
 class TorchFewShotSegmenter:
@@ -125,7 +125,7 @@ class TorchFewShotSegmenter:
             logits = logits[0, 0].float().cpu().numpy()
             prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
             out[concept] = ConceptResult(mask=prob > self.threshold, logits=logits,
-                                         score=float(ious.max()))
+                                         iou=float(ious.max()))
             timings[f"concept:{concept}"] = time.perf_counter() - t
         return SegmentationResult(out, timings)
 

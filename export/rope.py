@@ -12,7 +12,6 @@ for every memory, as sam2's ``rope_k_repeat``), never to pointer tokens.
 
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import torch
@@ -126,9 +125,3 @@ class RealRoPEAttention(nn.Module):
 def rope_theta(attn: nn.Module) -> float:
     """Recover ``rope_theta`` from a sam2 RoPEAttention's ``compute_cis`` partial."""
     return float(getattr(attn.compute_cis, "keywords", {}).get("theta", 10000.0))
-
-
-def feat_side(num_tokens: int) -> int:
-    side = int(math.isqrt(num_tokens))
-    assert side * side == num_tokens
-    return side

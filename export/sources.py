@@ -23,13 +23,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from export.adapters import (DEFAULT_CHANNEL_FACTOR, DEFAULT_STAGES, AdapterConfig,
                              adapter_widths, bottleneck, channel_factor_fit, describe_fit)
 from export.checkpoints import (Checkpoint, CheckpointError, read_checkpoint, sam2_model_of,
                                 sam2_version_of, sansa_settings)
 from export.models import ModelChoice
+from runtime.errors import UsageError
 
 DEFAULT_MODEL = "tiny"
 DEFAULT_VERSION = "2.1"  # without a SAM2 file (random weights)
@@ -120,9 +121,9 @@ def resolve_sources(*, image_size: int, model: Optional[str] = None, sam2_versio
     problems, contradictions) or ``ValueError`` (bad values).
     """
     if random_weights and (sam2_checkpoint or adapter_checkpoint):
-        raise ValueError("--random-weights and checkpoint paths exclude each other; pass one")
+        raise UsageError("--random-weights and checkpoint paths exclude each other; pass one")
     if no_adapters and adapter_checkpoint:
-        raise ValueError("--no-adapters and --adapter-checkpoint exclude each other; pass one")
+        raise UsageError("--no-adapters and --adapter-checkpoint exclude each other; pass one")
     sam2 = read_checkpoint(sam2_checkpoint, "SAM2") if sam2_checkpoint else None
     adapter = read_checkpoint(adapter_checkpoint, "adapter", sansa=True) if adapter_checkpoint else None
     origin: Dict[str, str] = {}
@@ -171,5 +172,5 @@ def resolve_sources(*, image_size: int, model: Optional[str] = None, sam2_versio
     if widths:
         _check_widths(cf, origin["channel factor"], widths, dims, str(adapter.path))
     if cf <= 0:
-        raise ValueError(f"--channel-factor must be > 0, got {cf}")
+        raise UsageError(f"--channel-factor must be > 0, got {cf}")
     return Sources(choice, AdapterConfig(tuple(stages), float(cf)), sam2, adapter, origin)

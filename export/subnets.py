@@ -1,7 +1,7 @@
 """The four exported sub-networks, as ``nn.Module`` wrappers around a sam2 model.
 
 Each wrapper's ``forward`` takes and returns exactly the tensors described in
-:func:`runtime.spec.stage_specs` (same names, same order), so the exporter,
+:func:`runtime.sam2.spec.stage_specs` (same names, same order), so the exporter,
 the runtime and the tests agree on one description. Host-side logic that is
 control flow in sam2 (mask selection, object-score gating, memory selection)
 stays out of the graphs and lives in the runtime.
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from export.rope import RealRoPEAttention, rope_theta
-from runtime.spec import MEM_DIM
+from runtime.sam2.spec import MEM_DIM
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

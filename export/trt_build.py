@@ -12,7 +12,7 @@ is testable with a fake module):
    at 1024 px with ``num_mem`` = (1, 7, 7).
 3. :func:`mark_fp32_layers`: in FP16/INT8 builds, normalisation layers (and
    optionally softmax) are pinned to FP32: LayerNorm in Hiera/ViT encoders
-   overflows in FP16 (see docs/platform-notes.md). Handled are TensorRT's
+   overflows in FP16 (docs/platform-notes.md). Handled are TensorRT's
    ``INormalizationLayer`` (ONNX opset >= 17 ``LayerNormalization``) and the
    decomposed pattern (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div).
 4. :func:`configure`: precision flags (FP16; INT8 only for explicit
@@ -23,7 +23,7 @@ is testable with a fake module):
    into the manifest (checked by the runtime at load time).
 
 Target: TensorRT 8.6 .. 10.x. ``tensorrt`` is imported lazily; without it,
-:func:`build_engine` raises :class:`~runtime.backends.base.BackendUnavailable`.
+:func:`build_engine` raises :class:`~runtime.core.backends.base.BackendUnavailable`.
 """
 
 from __future__ import annotations
@@ -32,23 +32,23 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from runtime.backends import cuda
-from runtime.backends.base import BackendUnavailable
-from runtime.backends.tensorrt import load_tensorrt, major_version, trt_logger
-from runtime.fileio import sha256_file, write_bytes_atomic
-from runtime.spec import StageSpec
+from runtime.core.backends import cuda
+from runtime.errors import BackendUnavailable, Sam2EdgeError
+from runtime.core.backends.tensorrt import load_tensorrt, major_version, trt_logger
+from runtime.core.fileio import sha256_file, write_bytes_atomic
+from runtime.core.spec import StageSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 Shape = Tuple[int, ...]
 ShapeRange = Tuple[Shape, Shape, Shape]
 
 
-class OnnxParseError(RuntimeError):
-    """TensorRT's ONNX parser rejected the model."""
-
-
-class EngineBuildError(RuntimeError):
+class EngineBuildError(Sam2EdgeError):
     """TensorRT failed to build an engine (details are in TensorRT's log)."""
+
+
+class OnnxParseError(EngineBuildError):
+    """TensorRT's ONNX parser rejected the model."""
 
 
 def tensorrt_status() -> Tuple[bool, str]:

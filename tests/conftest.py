@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random-weight model and its exported engines folder.
+"""Shared fixtures: a tiny random-weight model and its exported model folder.
 
 Small inputs keep the suite fast on 2 cores: hiera-tiny at 256 px, random
 weights with a fixed seed (the same seed gives the same weights in the
@@ -46,13 +46,13 @@ CPU_INT8_STAGES = ("memory_attention", "mask_decoder")
 
 @pytest.fixture(scope="session")
 def cpu_int8_engines(tiny_engines, tmp_path_factory) -> Path:
-    """A copy of ``tiny_engines`` re-built with ``--cpu-int8 memory_attention,mask_decoder``
+    """A copy of ``tiny_engines`` re-built with ``--cpu-int8-stages memory_attention,mask_decoder``
     (the FP32 stages are reused; only the dynamic-INT8 step and its gate run)."""
     import shutil
 
     out = tmp_path_factory.mktemp("cpu-int8") / "tiny-256"
     shutil.copytree(tiny_engines, out)
-    return build_engines(out, "--cpu-int8", ",".join(CPU_INT8_STAGES))
+    return build_engines(out, "--cpu-int8-stages", ",".join(CPU_INT8_STAGES))
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,7 @@ def tiny_model():
 
 
 def stock_sam2(root: Path, version: str):
-    """(ModelChoice, official-format checkpoint, engines folder) of stock SAM2 tiny at 256 px.
+    """(ModelChoice, official-format checkpoint, model folder) of stock SAM2 tiny at 256 px.
 
     A random checkpoint in Meta's format (object-score bias raised by 2 so the
     random model sees objects: with random weights the score is nearly constant
@@ -134,3 +134,17 @@ def tiny_layernorm_onnx(path: Path) -> Path:
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+def folder_with(stages, kind: str = "sam2-fewshot"):
+    """An in-memory model folder whose stages have the given ONNX variants.
+
+    ``stages``: ``{stage: {variant: info dict}}``; no file exists (for the code
+    that only reads the records, e.g. which variant a stage runs).
+    """
+    from runtime.core.folder import FileRecord, Manifest, ModelFolder, ModelRecord, StageRecord, onnx_name
+
+    recs = {s: StageRecord({v: FileRecord(onnx_name(s, v), "0" * 64, dict(info)) for v, info in vs.items()})
+            for s, vs in stages.items()}
+    return ModelFolder(Path("in-memory"), Manifest(kind=kind, model=ModelRecord("tiny", 256), model_config={},
+                                                   specs={}, stages=recs, precision="fp32"))

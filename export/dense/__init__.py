@@ -10,5 +10,5 @@
 - :mod:`export.dense.build`: ``python -m export.build --model sam2-unet|sam2-unext|features``.
 
 The tensors every exported part takes and returns are described once, in
-:mod:`runtime.dense_spec` (read by the runtime too).
+:mod:`runtime.dense.spec` (read by the runtime too).
 """

@@ -83,7 +83,7 @@ class GatherResize(nn.Module):
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` as two gathers + weights.
 
     The taps and weights are computed once with torch's own float32 formulas
-    (:func:`runtime.resize._taps`). ONNX Runtime's ``Resize`` computes source
+    (:func:`runtime.core.resize._taps`). ONNX Runtime's ``Resize`` computes source
     coordinates as ``(i + 0.5) / scale - 0.5`` with ``scale = out / in``,
     torch as ``(in / out) * (i + 0.5) - 0.5``: for non-dyadic ratios (1024 ->
     448) the two roundings differ by ~1e-5 relative on noise images, above the
@@ -93,7 +93,7 @@ class GatherResize(nn.Module):
 
     def __init__(self, in_hw, out_hw):
         super().__init__()
-        from runtime.resize import _taps
+        from runtime.core.resize import _taps
 
         for axis, (n_in, n_out) in zip("hw", zip(in_hw, out_hw)):
             idx, w = _taps(int(n_in), int(n_out), False)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from runtime.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,10 @@ class DinoConfig:
 
     def __post_init__(self):
         if self.img_size % self.patch_size:
-            raise ValueError(f"DINOv2 input size {self.img_size} is not a multiple of its patch "
+            raise UsageError(f"DINOv2 input size {self.img_size} is not a multiple of its patch "
                              f"size {self.patch_size}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise UsageError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
 
 # A small ViT of the same structure for unit tests.

@@ -6,7 +6,7 @@ is sam2's own ``ImageEncoder`` (Hiera trunk + FPN neck) built from the
 package's config, so an official checkpoint's ``image_encoder.trunk.*`` and
 ``image_encoder.neck.*`` tensors load unchanged.
 
-Outputs (see :mod:`runtime.dense_spec`): ``trunk_s4, trunk_s8, trunk_s16,
+Outputs (see :mod:`runtime.dense.spec`): ``trunk_s4, trunk_s8, trunk_s16,
 trunk_s32`` (the four Hiera stage outputs, channels 96..768 for tiny/small,
 112..896 base+, 144..1152 large) and, with ``fpn=True``, the neck's outputs
 as SAM2 uses them (``backbone_fpn`` after ``scalp``: ``fpn_s4, fpn_s8,

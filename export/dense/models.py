@@ -30,8 +30,9 @@ from torch import nn
 from export.checkpoints import CheckpointError, read_state_dict, save_checkpoint, shape_mismatches
 from export.dense.dinov2 import TINY_DINO, DinoConfig
 from export.models import MODEL_NAMES, SAM2_VERSIONS
-from runtime.dense_spec import KINDS, dense_stage_specs, part_names
-from runtime.spec import StageSpec, check_image_size
+from runtime.dense.spec import KINDS, dense_stage_specs, part_names
+from runtime.core.spec import StageSpec, check_image_size
+from runtime.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +60,19 @@ class DenseChoice:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown model {self.kind!r}; choose one of {', '.join(KINDS)}")
+            raise UsageError(f"unknown model {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.trunk not in MODEL_NAMES:
-            raise ValueError(f"unknown trunk {self.trunk!r}; choose one of {', '.join(MODEL_NAMES)}")
+            raise UsageError(f"unknown trunk {self.trunk!r}; choose one of {', '.join(MODEL_NAMES)}")
         if self.sam2_version not in SAM2_VERSIONS:
-            raise ValueError(f"unknown SAM2 version {self.sam2_version!r}; choose one of "
+            raise UsageError(f"unknown SAM2 version {self.sam2_version!r}; choose one of "
                              f"{', '.join(SAM2_VERSIONS)}")
         check_image_size(self.image_size)
         if self.kind == "sam2-unext" and self.dino is None:
             object.__setattr__(self, "dino", DinoConfig())
         if self.kind != "sam2-unext" and self.dino is not None:
-            raise ValueError("a DINOv2 config only applies to --model sam2-unext")
+            raise UsageError("a DINOv2 config only applies to --model sam2-unext")
         if self.fpn and self.kind != "features":
-            raise ValueError("--fpn only applies to --model features")
+            raise UsageError("--fpn only applies to --model features")
         part_names(self.kind, self.split)  # raises for a split of 'features'
 
     @classmethod
@@ -217,7 +218,7 @@ def write_random_checkpoint(choice: DenseChoice, path: str | Path, seed: int = 0
         sd["sam_mask_decoder.iou_token.weight"] = torch.zeros(4, 256)
         sd["no_mem_embed"] = torch.zeros(1, 1, 256)
         return save_checkpoint(path, sd)
-    from runtime.fileio import atomic_path
+    from runtime.core.fileio import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(sd, tmp)
@@ -315,12 +316,12 @@ def assemble_dense(choice: DenseChoice, checkpoint: Optional[str | Path] = None,
                    allow_mismatch: bool = False) -> Tuple[nn.Module, DenseLoadReport]:
     """Build ``choice`` and fill its weights from ``checkpoint`` or seeded random values."""
     if random_weights and checkpoint:
-        raise ValueError("--random-weights and --checkpoint exclude each other; pass one")
+        raise UsageError("--random-weights and --checkpoint exclude each other; pass one")
     if not random_weights and checkpoint is None:
         file = {"sam2-unet": "SAM2-UNet-20.pth (from the authors' train.py)",
                 "sam2-unext": "SAM2-UNeXT-20.pth (from the authors' train.py)",
                 "features": "an official SAM2 checkpoint, e.g. sam2.1_hiera_tiny.pt"}[choice.kind]
-        raise ValueError(f"no checkpoint: pass --checkpoint {file}, or --random-weights to try "
+        raise UsageError(f"no checkpoint: pass --checkpoint {file}, or --random-weights to try "
                          "the tool without one")
     model = build_dense(choice, seed)
     if random_weights:

@@ -14,7 +14,7 @@ What inference does is a pluggable :class:`~runtime.camera.steps.InferenceStep`:
 few-shot segmentation (:class:`~runtime.camera.steps.SegmenterStep`; a bare
 segmenter with ``segment(rgb) -> SegmentationResult`` is wrapped in one) or
 SAM2 tracking (:class:`~runtime.camera.steps.TrackingStep`). The loop does not
-own the step's engines (the caller closes them). Timings of every stage of
+own the step's product (the caller closes it). Timings of every stage of
 every frame are kept in bounded windows and summarised as median / p90 at the end.
 """
 
@@ -31,7 +31,8 @@ import numpy as np
 
 from runtime.camera.overlay import concept_colours, draw_hud, draw_masks
 from runtime.camera.sources import FrameSource, RetryPolicy, SourceError
-from runtime.camera.steps import FEWSHOT_STAGES, InferenceStep, PromptError, SegmenterStep, StepResult
+from runtime.camera.steps import FEWSHOT_STAGES, InferenceStep, SegmenterStep, StepResult
+from runtime.errors import EXIT_FAILURE, EXIT_SOURCE, Sam2EdgeError, UsageError
 
 INFER_STAGES = FEWSHOT_STAGES
 STAGE_ORDER = ("capture",) + INFER_STAGES + ("prompt", "track", "draw", "write", "display")
@@ -50,7 +51,7 @@ class FrameQueue:
 
     def __init__(self, maxsize: int, drop_oldest: bool):
         if maxsize < 1:
-            raise ValueError("queue size must be >= 1")
+            raise UsageError("queue size must be >= 1")
         self.maxsize, self.drop_oldest = maxsize, drop_oldest
         self._items: Deque = deque()
         self._cond = threading.Condition()
@@ -133,7 +134,7 @@ class Summary:
     error: Optional[str] = None
     interrupted: bool = False
     output: Optional[str] = None
-    bad_input: bool = False  # the error is the user's input (e.g. a tracking prompt outside the frame)
+    exit_code: int = 0  # the error's exit status (runtime.errors): 2 bad input, 3 source, 1 other
 
     @property
     def ok(self) -> bool:
@@ -246,7 +247,7 @@ class CameraLoop:
     """capture -> inference -> rendering for one source; :meth:`run` returns a :class:`Summary`.
 
     The source must already be open (so that open errors surface before the
-    engines load); the loop closes it. ``step`` is an
+    the model folder loads); the loop closes it. ``step`` is an
     :class:`~runtime.camera.steps.InferenceStep`, or a segmenter (wrapped in a
     :class:`~runtime.camera.steps.SegmenterStep` with ``on_reset``). The step's
     ``reset()`` runs on the inference thread when the ``r`` key is pressed.
@@ -293,11 +294,11 @@ class CameraLoop:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def _fail(self, msg: str, bad_input: bool = False) -> None:
+    def _fail(self, msg: str, exit_code: int = EXIT_FAILURE) -> None:
         with self._lock:
             if self.summary.error is None:
                 self.summary.error = msg
-                self.summary.bad_input = bad_input
+                self.summary.exit_code = exit_code
         self.request_stop()
 
     # ------------------------------------------------------------------ stages
@@ -316,7 +317,8 @@ class CameraLoop:
                 continue
             self.summary.reconnects += 1
             return True
-        self._fail(f"source {src.name!r} lost: no frame after {self.opt.retry.retries} reconnect attempts")
+        self._fail(f"source {src.name!r} lost: no frame after {self.opt.retry.retries} reconnect attempts",
+                   EXIT_SOURCE)
         return False
 
     def _capture(self) -> None:
@@ -337,6 +339,8 @@ class CameraLoop:
                 if not self.q_frames.put(_Item(n, frame, {"capture": dt})):
                     break
                 n += 1
+        except Sam2EdgeError as e:
+            self._fail(f"capture: {e}", e.exit_code)
         except Exception as e:  # noqa: BLE001 - reported in the summary, loop stops
             self._fail(f"capture: {type(e).__name__}: {e}")
         finally:
@@ -369,8 +373,8 @@ class CameraLoop:
                 item.result = res
                 if not self.q_results.put(item):
                     break
-        except PromptError as e:
-            self._fail(f"prompt: {e}", bad_input=True)
+        except Sam2EdgeError as e:
+            self._fail(f"inference: {e}", e.exit_code)
         except Exception as e:  # noqa: BLE001
             self._fail(f"inference: {type(e).__name__}: {e}")
         finally:

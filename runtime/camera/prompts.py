@@ -14,7 +14,7 @@ one object of their own. So ``--box 10,10,60,60 --neg-point 30,30 --box
 
 Everything that can be checked without a frame is checked here, before any
 engine loads; :meth:`ObjectPrompt.check_frame` checks coordinates and mask
-size against the first frame. Errors are :class:`PromptError` and name the
+size against the first frame. Errors are :class:`InputError` and name the
 offending argument.
 """
 
@@ -27,16 +27,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runtime import imageio
-from runtime.preprocess import InputError
+from runtime.core import imageio
+from runtime.errors import InputError, UsageError
 
 KINDS = {"point": "--point", "neg-point": "--neg-point", "box": "--box", "mask": "--track-mask"}
 NAME_RE = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)=(.*)$")
 AUTO_PREFIX = "obj"
-
-
-class PromptError(ValueError):
-    """A tracking prompt that cannot be used; the message names the argument."""
 
 
 @dataclass
@@ -64,7 +60,7 @@ class ObjectPrompt:
         return f"{self.name}: " + " + ".join(parts)
 
     def tracker_kwargs(self) -> dict:
-        """Keyword arguments of :meth:`runtime.tracker.VideoTracker.add_prompt`."""
+        """Keyword arguments of :meth:`runtime.sam2.tracker.VideoTracker.add_prompt`."""
         if self.mask is not None:
             return {"mask": self.mask}
         kw: dict = {}
@@ -75,18 +71,18 @@ class ObjectPrompt:
         return kw
 
     def check_frame(self, hw: Tuple[int, int]) -> None:
-        """Every coordinate inside a ``W x H`` frame, the mask of its size; else :class:`PromptError`."""
+        """Every coordinate inside a ``W x H`` frame, the mask of its size; else :class:`InputError`."""
         h, w = hw
         if self.mask is not None:
             if self.mask.shape != (h, w):
-                raise PromptError(
+                raise InputError(
                     f"object {self.name}: {self.args[0]} is {self.mask.shape[1]}x{self.mask.shape[0]} "
                     f"(WxH) but the first frame is {w}x{h}; the mask must have the frame's size")
             return
         coords = ([] if self.box is None else [self.box[:2], self.box[2:]]) + list(self.points)
         for x, y in coords:
             if not (0 <= x <= w and 0 <= y <= h):
-                raise PromptError(
+                raise InputError(
                     f"object {self.name} ({' '.join(self.args)}): ({x:g}, {y:g}) is outside the first frame, "
                     f"which is {w}x{h} (x in 0..{w}, y in 0..{h})")
 
@@ -99,7 +95,7 @@ def _numbers(text: str, n: int, what: str) -> Tuple[float, ...]:
         vals = ()
     if len(parts) != n or len(vals) != n or not all(np.isfinite(vals)):
         form = "X,Y" if n == 2 else "X0,Y0,X1,Y1"
-        raise PromptError(f"{what}: expected {form} ({n} numbers, pixels of the first frame), got {text!r}")
+        raise InputError(f"{what}: expected {form} ({n} numbers, pixels of the first frame), got {text!r}")
     return vals
 
 
@@ -115,11 +111,11 @@ def _read_mask(path: str, what: str) -> np.ndarray:
     try:
         m = imageio.read_mask(path)
     except InputError as e:
-        raise PromptError(f"{what}: {e}") from e
+        raise InputError(f"{what}: {e}") from e
     if not m.any():
-        raise PromptError(f"{what}: mask {path!r} is empty (no non-zero pixel)")
+        raise InputError(f"{what}: mask {path!r} is empty (no non-zero pixel)")
     if m.all():
-        raise PromptError(f"{what}: mask {path!r} is all foreground; it needs background pixels too")
+        raise InputError(f"{what}: mask {path!r} is all foreground; it needs background pixels too")
     return m
 
 
@@ -130,7 +126,7 @@ def parse_prompts(items: Sequence[Tuple[str, str]]) -> List[ObjectPrompt]:
     and/or clicks with at least one foreground click or a box.
     """
     if not items:
-        raise PromptError("tracking needs a prompt on the first frame: --point X,Y, --box X0,Y0,X1,Y1 "
+        raise InputError("tracking needs a prompt on the first frame: --point X,Y, --box X0,Y0,X1,Y1 "
                           "or --track-mask PATH (see --help)")
     objects: Dict[str, ObjectPrompt] = {}
     named = {_split_name(k, t)[0] for k, t in items} - {None}
@@ -147,7 +143,7 @@ def parse_prompts(items: Sequence[Tuple[str, str]]) -> List[ObjectPrompt]:
 
     for kind, text in items:
         if kind not in KINDS:
-            raise ValueError(f"unknown prompt kind {kind!r}")
+            raise UsageError(f"unknown prompt kind {kind!r}")
         flag = KINDS[kind]
         name, value = _split_name(kind, text)
         what = f"{flag} {text}"
@@ -160,23 +156,23 @@ def parse_prompts(items: Sequence[Tuple[str, str]]) -> List[ObjectPrompt]:
         obj = objects.setdefault(name, ObjectPrompt(name))
         obj.args.append(f"{flag} {text}")
         if obj.mask is not None or (kind == "mask" and (obj.points or obj.box is not None)):
-            raise PromptError(f"object {name}: a --track-mask cannot be combined with other prompts "
+            raise InputError(f"object {name}: a --track-mask cannot be combined with other prompts "
                               f"({' '.join(obj.args)}); give the mask alone, or another object name")
         if kind == "mask":
             obj.mask = _read_mask(value, what)
         elif kind == "box":
             if obj.box is not None:
-                raise PromptError(f"object {name} has two boxes ({' '.join(obj.args)}); one box per object "
+                raise InputError(f"object {name} has two boxes ({' '.join(obj.args)}); one box per object "
                                   f"(unnamed boxes are separate objects)")
             x0, y0, x1, y1 = _numbers(value, 4, what)
             if not (x1 > x0 and y1 > y0):
-                raise PromptError(f"{what}: the box needs X1 > X0 and Y1 > Y0")
+                raise InputError(f"{what}: the box needs X1 > X0 and Y1 > Y0")
             obj.box = (x0, y0, x1, y1)
         else:
             obj.points.append(_numbers(value, 2, what))
             obj.labels.append(1 if kind == "point" else 0)
     for obj in objects.values():
         if obj.mask is None and obj.box is None and not any(obj.labels):
-            raise PromptError(f"object {obj.name} has only background clicks ({' '.join(obj.args)}); "
+            raise InputError(f"object {obj.name} has only background clicks ({' '.join(obj.args)}); "
                               "add a --point or a --box for it")
     return list(objects.values())

@@ -33,11 +33,9 @@ import numpy as np
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 
+from runtime.errors import SourceError  # noqa: F401  (raised here, re-exported)
+
 T = TypeVar("T")
-
-
-class SourceError(RuntimeError):
-    """A source that is unknown, cannot be opened, or was lost for good."""
 
 
 @dataclass

@@ -2,15 +2,15 @@
 
 * :class:`SegmenterStep` -- few-shot: every frame segmented against the
   references (``segmenter.segment(rgb)``, normally
-  :class:`runtime.pipeline.FewShotSegmenter`).
-* :class:`TrackingStep` -- SAM2 video tracking (:class:`runtime.tracker.VideoTracker`):
+  :class:`runtime.sam2.fewshot.FewShotSegmenter`).
+* :class:`TrackingStep` -- SAM2 video tracking (:class:`runtime.sam2.tracker.VideoTracker`):
   the objects are prompted on the first frame the loop processes, then tracked
   forward through every later one with SAM2's memory (bounded: a live stream
   is unbounded in length).
 
 A step takes the frame as ``uint8`` RGB and returns a :class:`StepResult`:
 one mask per label (concept or object name) and its stage times. The loop
-owns neither the step's engines nor its model; the caller closes them.
+owns neither the step nor its product; the caller closes them (:meth:`InferenceStep.close`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runtime.camera.prompts import ObjectPrompt, PromptError
-from runtime.preprocess import InputError
+from runtime.camera.prompts import ObjectPrompt
+from runtime.errors import InputError
 
 FEWSHOT_STAGES = ("preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess")
 
@@ -43,7 +43,7 @@ class InferenceStep(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, rgb: np.ndarray) -> StepResult:
-        """``rgb``: ``[H,W,3]`` uint8 RGB. A :class:`PromptError` means bad user input (exit 2)."""
+        """``rgb``: ``[H,W,3]`` uint8 RGB. A :class:`InputError` means bad user input (exit 2)."""
 
     def reset(self) -> None:
         """The ``r`` key: start over (reload references / prompt again on the next frame)."""
@@ -51,6 +51,18 @@ class InferenceStep(abc.ABC):
     def describe(self) -> str:
         """One line for the start-up log."""
         return self.mode
+
+    @property
+    @abc.abstractmethod
+    def product(self):
+        """The segmenter or tracker the step runs (closed by :meth:`close`)."""
+
+    @property
+    def backend(self) -> str:
+        return self.product.backend
+
+    def close(self) -> None:
+        self.product.close()
 
 
 class SegmenterStep(InferenceStep):
@@ -60,6 +72,10 @@ class SegmenterStep(InferenceStep):
 
     def __init__(self, segmenter, on_reset: Optional[Callable[[object], None]] = None):
         self.segmenter, self.on_reset = segmenter, on_reset
+
+    @property
+    def product(self):
+        return self.segmenter
 
     def __call__(self, rgb: np.ndarray) -> StepResult:
         res = self.segmenter.segment(rgb)
@@ -100,7 +116,7 @@ class TrackingStep(InferenceStep):
 
     Frames are numbered by this step (0, 1, 2, ... as processed), so frames a
     live source drops never leave gaps in the tracker's memory. ``tracker`` is
-    a :class:`runtime.tracker.VideoTracker` (its ``mask_threshold`` decides the
+    a :class:`runtime.sam2.tracker.VideoTracker` (its ``threshold`` decides the
     masks). The ``r`` key forgets the memory and prompts again on the next frame.
     A frame of another size than the prompted one (a camera reconnected at
     another resolution) is tracked resized to the prompted size, and its masks
@@ -113,12 +129,16 @@ class TrackingStep(InferenceStep):
 
     def __init__(self, tracker, objects: Sequence[ObjectPrompt]):
         if not objects:
-            raise PromptError("tracking needs at least one object prompt")
+            raise InputError("tracking needs at least one object prompt")
         self.tracker = tracker
         self.objects: List[ObjectPrompt] = list(objects)
         self._feed = _OneFrame()
         self._frames = None  # the propagate() generator, once prompted
         self._hw: Optional[Tuple[int, int]] = None  # the prompted frame's size
+
+    @property
+    def product(self):
+        return self.tracker
 
     @property
     def names(self) -> List[str]:
@@ -137,7 +157,7 @@ class TrackingStep(InferenceStep):
             try:
                 self.tracker.add_prompt(0, obj.name, rgb, **obj.tracker_kwargs())
             except InputError as e:
-                raise PromptError(f"object {obj.name} ({' '.join(obj.args)}): {e}") from e
+                raise InputError(f"object {obj.name} ({' '.join(obj.args)}): {e}") from e
         self._frames = self.tracker.propagate(self._feed, num_frames=None)
 
     def __call__(self, rgb: np.ndarray) -> StepResult:

@@ -10,7 +10,7 @@ from tests.dense_helpers import built
 
 def test_dense_benchmark_writes_rows(tmp_path, capsys):
     out = tmp_path / "bench"
-    rc = main(["--engines", str(built("unet")), "--iterations", "1", "--warmup", "0", "--batch", "1,4",
+    rc = main(["--model-dir", str(built("unet")), "--iterations", "1", "--warmup", "0", "--batch", "1,4",
                "--image-hw", "40,60", "--peak-size", "256", "--compare-pytorch", "--out", str(out)])
     assert rc == 0
     rec = json.loads(out.with_suffix(".json").read_text())
@@ -23,6 +23,6 @@ def test_dense_benchmark_writes_rows(tmp_path, capsys):
 
 
 def test_dense_benchmark_refuses_bad_input(tmp_path, capsys):
-    assert main(["--engines", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
+    assert main(["--model-dir", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["--engines", str(built("unet")), "--iterations", "0", "--out", str(tmp_path / "b")]) == 2
+    assert main(["--model-dir", str(built("unet")), "--iterations", "0", "--out", str(tmp_path / "b")]) == 2

@@ -19,7 +19,7 @@ def _run(tmp_path, *extra):
 
 
 def test_report_files(tiny_engines, tmp_path):
-    assert _run(tmp_path, "--engines", str(tiny_engines), "--compare-pytorch") == 0
+    assert _run(tmp_path, "--model-dir", str(tiny_engines), "--compare-pytorch") == 0
     rec = json.loads((tmp_path / "r.json").read_text())
     for key in ("machine", "versions", "settings", "peak", "flops", "variants", "pytorch"):
         assert key in rec
@@ -42,7 +42,7 @@ def test_report_files(tiny_engines, tmp_path):
 def test_two_folders_one_report(tiny_engines, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_engines, copy)
-    assert main(["--engines", str(tiny_engines), str(copy), "--shots", "1", "--batch", "1",
+    assert main(["--model-dir", str(tiny_engines), str(copy), "--shots", "1", "--batch", "1",
                  "--iterations", "1", "--warmup", "0", "--peak-size", "256",
                  "--out", str(tmp_path / "two")]) == 0
     rec = json.loads((tmp_path / "two.json").read_text())
@@ -52,7 +52,7 @@ def test_two_folders_one_report(tiny_engines, tmp_path):
 def test_rounds_pool_samples(tiny_engines, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_engines, copy)
-    assert main(["--engines", str(tiny_engines), str(copy), "--shots", "1", "--batch", "1",
+    assert main(["--model-dir", str(tiny_engines), str(copy), "--shots", "1", "--batch", "1",
                  "--iterations", "2", "--warmup", "0", "--rounds", "2", "--peak-size", "256",
                  "--compare-pytorch", "--out", str(tmp_path / "r")]) == 0
     rec = json.loads((tmp_path / "r.json").read_text())
@@ -82,7 +82,7 @@ def test_mixed_models_rejected(tiny_engines, tmp_path, capsys):
     m = json.loads((other / "manifest.json").read_text())
     m["model"]["image_size"] = 512
     (other / "manifest.json").write_text(json.dumps(m))
-    assert _run(tmp_path, "--engines", str(tiny_engines), str(other)) == 2
+    assert _run(tmp_path, "--model-dir", str(tiny_engines), str(other)) == 2
     assert "different models" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
 
@@ -94,23 +94,23 @@ def test_mixed_models_rejected(tiny_engines, tmp_path, capsys):
     (["--rounds", "0"], "--rounds"),
 ])
 def test_bad_settings_rejected(tiny_engines, tmp_path, capsys, extra, msg):
-    assert main(["--engines", str(tiny_engines), "--out", str(tmp_path / "r"), *extra]) == 2
+    assert main(["--model-dir", str(tiny_engines), "--out", str(tmp_path / "r"), *extra]) == 2
     assert msg in capsys.readouterr().err
 
 
 def test_missing_folder_rejected(tmp_path, capsys):
-    assert main(["--engines", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert main(["--model-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_cpu_int8_both_times_fp32_and_int8_with_ratios(cpu_int8_engines, tiny_engines, tmp_path):
-    assert main(["--engines", str(tiny_engines), str(cpu_int8_engines), "--cpu-int8", "both",
+    assert main(["--model-dir", str(tiny_engines), str(cpu_int8_engines), "--cpu-int8", "both",
                  "--shots", "1", "--batch", "1", "--iterations", "1", "--warmup", "0",
                  "--peak-size", "256", "--out", str(tmp_path / "q")]) == 0
     rec = json.loads((tmp_path / "q.json").read_text())
     # tiny_engines has no INT8 files: FP32 only; the INT8 folder: FP32, then with its INT8 stages
     assert [v["cpu_int8_stages"] for v in rec["variants"]][:2] == [[], []]
-    kept = json.loads((cpu_int8_engines / "manifest.json").read_text())["cpu_int8"]["kept_int8"]
+    kept = json.loads((cpu_int8_engines / "manifest.json").read_text())["checks"]["cpu-int8"]["kept_int8"]
     assert rec["variants"][2]["cpu_int8_stages"] == kept and len(rec["variants"]) == 3
     assert "int8 dynamic" in rec["variants"][2]["label"]
     assert all("speedup_vs_1st" in r for v in rec["variants"][1:] for r in v["stages"])
@@ -120,5 +120,5 @@ def test_cpu_int8_both_times_fp32_and_int8_with_ratios(cpu_int8_engines, tiny_en
 
 
 def test_cpu_int8_on_without_int8_files_rejected(tiny_engines, tmp_path, capsys):
-    assert main(["--engines", str(tiny_engines), "--cpu-int8", "on", "--out", str(tmp_path / "r")]) == 2
+    assert main(["--model-dir", str(tiny_engines), "--cpu-int8", "on", "--out", str(tmp_path / "r")]) == 2
     assert "no dynamic-INT8 stages" in capsys.readouterr().err

@@ -1,6 +1,5 @@
-"""Dynamic INT8 for ONNX Runtime on the CPU (export.build --cpu-int8), hiera-tiny at 256 px."""
+"""Dynamic INT8 for ONNX Runtime on the CPU (export.build --cpu-int8-stages), hiera-tiny at 256 px."""
 
-import json
 import shutil
 
 import numpy as np
@@ -10,12 +9,12 @@ from calib.build import build_int8
 from calib.dynamic import count_integer_matmuls, quantize_dynamic_stage
 from calib.episodes import generate_episodes
 from calib.gates import Gates
+from runtime.core.compare import StageGate, mask_iou
 from calib.quantize import QuantizationError
-from calib.report import mask_iou
 from export.build import main
-from runtime.fileio import sha256_file
-from runtime.manifest import load_manifest
-from runtime.pipeline import FewShotSegmenter
+from runtime.core.fileio import sha256_file
+from runtime.core.folder import ModelFolder
+from runtime.sam2.fewshot import FewShotSegmenter
 
 from conftest import CPU_INT8_STAGES as INT8
 
@@ -29,31 +28,32 @@ def int8_folder(cpu_int8_engines):
 
 
 def test_build_records_gated_int8_files(int8_folder):
-    m = load_manifest(int8_folder)
-    rep = m["cpu_int8"]
+    m = ModelFolder.open(int8_folder).manifest
+    rep = m.checks["cpu-int8"]
     assert rep["scheme"] == "dynamic" and rep["int8_stages"] == list(INT8)
     for s in INT8:
         r = rep["table"]["stages"][s]
         assert r["precision"] == "int8 (dynamic)" and 0 < r["rel_l2"] < 0.1 and r["cosine"] > 0.99
+        assert m.stages[s].measured["cpu-int8"]["cosine"] == r["cosine"]  # recorded on the stage too
     assert rep["table"]["stages"]["image_encoder"]["precision"] == "fp32"
-    assert set(rep["kept_int8"]) == {s for s in m["stages"] if "onnx_cpu_int8" in m["stages"][s]}
+    assert set(rep["kept_int8"]) == {s for s, st in m.stages.items() if "cpu-int8" in st.files}
     assert rep["passed"] == (rep["kept_int8"] == list(INT8))
     for s in rep["kept_int8"]:
-        rec = m["stages"][s]["onnx_cpu_int8"]
-        path = int8_folder / rec["file"]
-        assert rec["file"] == f"{s}.cpu-int8.onnx" and sha256_file(path) == rec["sha256"]
+        rec = m.stages[s].files["cpu-int8"]
+        path = int8_folder / rec.file
+        assert rec.file == f"{s}.cpu-int8.onnx" and sha256_file(path) == rec.sha256
         assert count_integer_matmuls(path)["MatMulInteger"] > 0
     assert not any(p.name.endswith(".part") for p in int8_folder.iterdir())
 
 
 def test_runtime_picks_int8_on_cpu_and_matches_fp32(int8_folder):
-    kept = load_manifest(int8_folder)["cpu_int8"]["kept_int8"]
+    kept = ModelFolder.open(int8_folder).manifest.checks["cpu-int8"]["kept_int8"]
     assert kept, "random tiny weights pass the default gate at 256 px"
     ep = generate_episodes(1, size=256, refs=1, targets=2, seed=11)[0]
     logits = {}
     for mode in ("auto", "off"):
         with FewShotSegmenter.load(int8_folder, backend="onnxruntime", cpu_int8=mode) as seg:
-            files = seg.engines.stage_files
+            files = seg.session.stage_files
             int8 = {s for s, f in files.items() if f.endswith(".cpu-int8.onnx")}
             assert int8 == (set(kept) if mode == "auto" else set())
             seg.add_reference(*ep.references[0], concept="c")
@@ -66,20 +66,19 @@ def test_runtime_picks_int8_on_cpu_and_matches_fp32(int8_folder):
 def test_gate_failure_drops_the_files(int8_folder, tmp_path):
     folder = tmp_path / "f"
     shutil.copytree(int8_folder, folder)
-    manifest = load_manifest(folder)
-    records = json.loads(json.dumps(manifest["stages"]))
-    res = build_int8(folder, records, ["memory_attention"], None, lambda _: None, manifest=manifest,
+    f = ModelFolder.read(folder)
+    res = build_int8(f, ["memory_attention"], None, lambda _: None,
                      scheme="dynamic", apply_suggestion=True, generated=1,
-                     gates=Gates(min_stage_cosine=1.01), progress=False)
+                     gates=Gates(stage=StageGate(min_cosine=1.01)), progress=False)
     assert not res["passed"] and res["kept_int8"] == []
-    assert "onnx_cpu_int8" not in records["memory_attention"]
+    assert "cpu-int8" not in f.stage("memory_attention").files
     assert not (folder / "memory_attention.cpu-int8.onnx").exists()
     assert "keep FP32" in res["suggestion"]["text"]
 
 
 def test_unknown_scheme(int8_folder):
     with pytest.raises(ValueError, match="unknown INT8 scheme 'fast'"):
-        build_int8(int8_folder, {}, ["memory_attention"], None, print, scheme="fast")
+        build_int8(ModelFolder.read(int8_folder), ["memory_attention"], None, print, scheme="fast")
 
 
 def test_broken_onnx_is_a_named_error_and_writes_nothing(tmp_path):
@@ -93,11 +92,9 @@ def test_broken_onnx_is_a_named_error_and_writes_nothing(tmp_path):
 
 def test_bad_stage_name_is_refused_before_writing(tmp_path, capsys):
     out = tmp_path / "o"
-    with pytest.raises(SystemExit) as e:
-        main(BASE + ["--cpu-int8", "memory_atention", "--out", str(out)])
-    assert e.value.code == 2
+    assert main(BASE + ["--cpu-int8-stages", "memory_atention", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "--cpu-int8" in err and "memory_atention" in err and "memory_attention" in err
+    assert "--cpu-int8-stages" in err and "memory_atention" in err and "memory_attention" in err
     assert not out.exists()
 
 
@@ -128,7 +125,7 @@ def test_weight_range_reaches_the_quantized_weights(tmp_path, reduce_range, limi
 
 def test_weight_range_choice():
     from calib.dynamic import resolve_weight_range
-    from runtime.backends.cpu_features import saturates_full_range
+    from runtime.core.backends.cpu_features import saturates_full_range
 
     assert resolve_weight_range("reduced")[0] is True and resolve_weight_range("full")[0] is False
     reduced, why = resolve_weight_range("auto")
@@ -138,10 +135,10 @@ def test_weight_range_choice():
 
 
 def test_build_records_the_weight_range_for_this_cpu(int8_folder):
-    from runtime.backends.cpu_features import saturates_full_range
+    from runtime.core.backends.cpu_features import saturates_full_range
 
-    m = load_manifest(int8_folder)
-    assert m["cpu_int8"]["reduce_range"] is saturates_full_range()
-    assert m["cpu_int8"]["weight_range"].startswith("auto: ")
-    for s in m["cpu_int8"]["kept_int8"]:
-        assert m["stages"][s]["onnx_cpu_int8"]["reduce_range"] is saturates_full_range()
+    m = ModelFolder.open(int8_folder).manifest
+    assert m.checks["cpu-int8"]["reduce_range"] is saturates_full_range()
+    assert m.checks["cpu-int8"]["weight_range"].startswith("auto: ")
+    for s in m.checks["cpu-int8"]["kept_int8"]:
+        assert m.stages[s].files["cpu-int8"].info["reduce_range"] is saturates_full_range()

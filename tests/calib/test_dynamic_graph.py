@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from calib.dynamic import quantize_dynamic_stage
 from calib.dynamic_graph import constants_to_initializers, tune_activation_products
-from runtime.backends.cpu_features import saturates_full_range
+from runtime.core.backends.cpu_features import saturates_full_range
 
 N, D = 48, 32
 

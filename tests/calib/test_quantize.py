@@ -11,31 +11,31 @@ from calib.episodes import generate_episodes, save_episodes
 from calib.fp16 import fp32_pinned_nodes, fp16_runner
 from calib.gates import Gates, check, suggest_mixed
 from calib.quantize import count_qdq
-from calib.report import format_table, store_report
-from runtime.fileio import sha256_file
-from runtime.manifest import load_manifest, manifest_specs
+from calib.report import format_table, json_ready
+from runtime.core.fileio import sha256_file
+from runtime.core.compare import REDUCED_END_TO_END
+from runtime.core.folder import ModelFolder
 
 
 @pytest.fixture(scope="module")
 def int8_result(tiny_engines, tmp_path_factory):
     calib_dir = save_episodes(tmp_path_factory.mktemp("episodes"),
                               generate_episodes(3, size=256, refs=1, targets=1, seed=5))
-    manifest = load_manifest(tiny_engines)
-    records = json.loads(json.dumps(manifest["stages"]))  # the build's own dict
+    folder = ModelFolder.read(tiny_engines)  # its manifest in memory, as the build's own
     logs = []
-    res = build_int8(tiny_engines, records, ["memory_encoder", "memory_attention"], calib_dir,
-                     logs.append, manifest=manifest, method="minmax",
+    res = build_int8(folder, ["memory_encoder", "memory_attention"], calib_dir,
+                     logs.append, method="minmax",
                      cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
-    return res, records, logs
+    return res, folder.manifest.stages, logs
 
 
 def test_int8_files_and_records(tiny_engines, int8_result):
     res, records, _ = int8_result
     for s in ("memory_encoder", "memory_attention"):
-        rec = records[s]["onnx_int8"]
-        assert rec["precision"] == "int8" and rec["file"] == f"{s}.int8.onnx"
-        path = tiny_engines / rec["file"]
-        assert sha256_file(path) == rec["sha256"]
+        rec = records[s].files["int8"]
+        assert records[s].precision == "int8" and rec.file == f"{s}.int8.onnx"
+        path = tiny_engines / rec.file
+        assert sha256_file(path) == rec.sha256
         q = count_qdq(path)
         assert q["QuantizeLinear"] > 0 and q["DequantizeLinear"] > 0
         # TensorRT-compatible: signed, symmetric (zero point 0) Q/DQ
@@ -45,7 +45,7 @@ def test_int8_files_and_records(tiny_engines, int8_result):
             if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in zps:
                 z = onnx.numpy_helper.to_array(zps[n.input[2]])
                 assert z.dtype == np.int8 and not z.any()
-    assert "onnx_int8" not in records["image_encoder"]
+    assert "int8" not in records["image_encoder"].files and records["image_encoder"].precision == "fp32"
 
 
 def test_accuracy_table_and_gates(int8_result):
@@ -61,7 +61,7 @@ def test_accuracy_table_and_gates(int8_result):
     assert "end to end mask IoU" in res["text"] and any("accuracy vs FP32" in m for m in logs)
     if not res["passed"]:
         assert res["suggestion"] and res["suggestion"]["text"]
-    json.dumps(store_report({}, res))  # JSON-ready for the manifest
+    json.dumps(json_ready(res))  # JSON-ready for the manifest
 
 
 def test_gate_logic_and_suggestion():
@@ -81,16 +81,16 @@ def test_gate_logic_and_suggestion():
                         lambda ss: table({s: 0.999 for s in ss}, 0.99), log=lambda m: None)
     assert sug["int8_stages"] == ["memory_encoder"] and sug["keep_higher_precision"] == ["image_encoder"]
     assert "image_encoder" in sug["text"]
-    assert Gates().min_mean_iou == 0.95 and "FAIL" in format_table(table({"image_encoder": 0.9}, 0.5))
+    assert Gates().e2e == REDUCED_END_TO_END and REDUCED_END_TO_END.min_mean_iou == 0.95
+    assert "FAIL" in format_table(table({"image_encoder": 0.9}, 0.5))
 
 
 def test_fp16_numerics_memory_encoder(tiny_engines, tmp_path):
-    manifest = load_manifest(tiny_engines)
-    spec = manifest_specs(manifest)["memory_encoder"]
+    spec = ModelFolder.open(tiny_engines).specs["memory_encoder"]
     src = tiny_engines / "memory_encoder.onnx"
     assert fp32_pinned_nodes(onnx.load(str(src)))  # decomposed LayerNorm2d is pinned
     r16 = fp16_runner(spec, src, tmp_path, mode="emulated")
-    from runtime.backends.onnxruntime import OnnxRuntimeStageRunner
+    from runtime.core.backends.onnxruntime import OnnxRuntimeStageRunner
 
     r32 = OnnxRuntimeStageRunner(spec, src).activate()
     rng = np.random.default_rng(0)

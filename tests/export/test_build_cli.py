@@ -12,9 +12,14 @@ from export.assembly import write_random_checkpoints
 
 
 def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return e.value.code, capsys.readouterr().err
+    """Exit status and stderr of ``export.build``; bad input is one line, never a traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
 
 
 BASE = ["--precision", "fp32", "--model", "tiny", "--image-size", "256", "--skip-tensorrt"]
@@ -25,13 +30,15 @@ def test_output_folder_and_manifest(tiny_engines):
     assert names >= set(["image_encoder.onnx", "memory_encoder.onnx", "memory_attention.onnx",
                             "mask_decoder.onnx", "constants.npz", "manifest.json"])
     assert not any(n.endswith(".part") for n in names)
-    m = json.loads((tiny_engines / "manifest.json").read_text())
+    m = json.loads((tiny_engines / "manifest.json").read_text())  # the file as written
+    assert m["format_version"] == 2 and m["kind"] == "sam2-fewshot" and m["status"] == "complete"
     assert m["model"]["name"] == "tiny" and m["model"]["image_size"] == 256
     assert m["model"]["random_weights"] is True
     assert m["tensorrt"]["built"] is False and m["tensorrt"]["reason"]
-    assert {"torch", "sam2", "onnx", "onnxruntime"} <= set(m["versions"])
+    assert {"torch", "sam2", "onnx", "onnxruntime"} <= set(m["provenance"]["versions"])
+    assert list(m["specs"]) == list(m["stages"])  # the tensor contract is stored, in run order
     for stage, rec in m["stages"].items():
-        assert len(rec["onnx"]["sha256"]) == 64
+        assert len(rec["files"]["fp32"]["sha256"]) == 64 and rec["files"]["fp32"]["file"] == f"{stage}.onnx"
 
 
 def test_rerun_reuses_stages(tiny_engines, capsys):
@@ -71,7 +78,7 @@ def test_checkpoint_of_another_model(tmp_path, capsys):
 
 def test_unknown_model(tmp_path, capsys):
     code, err = run(["--model", "huge", "--random-weights", "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "unknown model 'huge'" in err and "tiny" in err
+    assert code == 2 and "invalid choice: 'huge'" in err and "tiny" in err
 
 
 def test_image_size_not_multiple_of_stride(tmp_path, capsys):
@@ -93,8 +100,7 @@ def test_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ox.onnx.checker, "check_model", boom)
     out = tmp_path / "o"
-    with pytest.raises(KeyboardInterrupt):
-        main(BASE + ["--random-weights", "--out", str(out)])
+    assert main(BASE + ["--random-weights", "--out", str(out)]) == 130  # one line, no traceback
     assert not any(p.suffix == ".onnx" or p.name.endswith(".part") for p in out.iterdir())
     assert not (out / "manifest.json").exists()
 
@@ -103,12 +109,14 @@ def test_plain_export_is_the_unoptimised_baseline(tiny_engines, plain_engines):
     """--plain-export: sam2's order of operations, nothing folded; same outputs."""
     import onnx
 
-    from export.onnx_export import example_feeds, ort_session, relative_l2
-    from runtime.manifest import load_manifest, manifest_specs
+    from export.onnx_export import ort_session
+    from runtime.core.compare import rel_l2 as relative_l2
+    from runtime.core.spec import example_feeds
+    from runtime.core.folder import ModelFolder
 
     plain = plain_engines
-    assert load_manifest(plain)["graphs"].startswith("plain")
-    assert load_manifest(tiny_engines)["graphs"].startswith("optimised")
+    assert ModelFolder.open(plain).manifest.provenance["graphs"].startswith("plain")
+    assert ModelFolder.open(tiny_engines).manifest.provenance["graphs"].startswith("optimised")
 
     def nodes(folder, stage):
         return onnx.load(str(folder / f"{stage}.onnx")).graph.node
@@ -123,7 +131,7 @@ def test_plain_export_is_the_unoptimised_baseline(tiny_engines, plain_engines):
     assert pos_embed_resized(plain) and not pos_embed_resized(tiny_engines)
     # 4 layers x 2 attentions: the value projection is folded into the output projection
     assert ops(plain, "memory_attention").count("MatMul") - ops(tiny_engines, "memory_attention").count("MatMul") == 8
-    specs = manifest_specs(load_manifest(plain))
+    specs = ModelFolder.open(plain).specs
     for stage in ("image_encoder", "memory_attention"):
         feeds = example_feeds(specs[stage], {"batch": 1, "num_mem": 2, "num_ptr": 2}, seed=4)
         a = ort_session(plain / f"{stage}.onnx").run(None, feeds)

@@ -8,9 +8,11 @@ from export.adapters import fold_adapter_scale
 from export.assembly import AdapterConfig, assemble, build_model, randomize_, write_random_checkpoints
 from export.checkpoints import CheckpointError
 from export.models import ModelChoice
-from export.onnx_export import example_feeds, export_onnx, ort_session, relative_l2, torch_outputs
+from export.onnx_export import export_onnx, ort_session, torch_outputs
+from runtime.core.compare import rel_l2 as relative_l2
+from runtime.core.spec import example_feeds
 from export.subnets import build_subnets
-from runtime.spec import stage_specs
+from runtime.sam2.spec import stage_specs
 
 CHOICE = ModelChoice("tiny", "2.1", 256)
 

@@ -6,83 +6,86 @@ random weights; ``-s`` prints the measured figures.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from export.build import FP32_PARITY_GATE, main
+from export.build import main
+from runtime.core.compare import FP32_PARITY
+from runtime.core.folder import ModelFolder
 from tests.dense_helpers import SIZE, built, choice_for, torch_model
 
+FP32_PARITY_GATE = FP32_PARITY.max_rel_l2
 
-def _manifest(name):
-    return json.loads((built(name) / "manifest.json").read_text())
+
+def _manifest(name, folder=None):
+    return ModelFolder.read(folder or built(name)).manifest
 
 
 @pytest.mark.parametrize("name", ["unet", "unext-split-fp16", "features-fpn"])
 def test_build_is_verified_against_pytorch(name):
     m = _manifest(name)
-    assert m["status"] == "complete"
-    for part, rec in m["stages"].items():
-        p = rec["parity"]
+    assert m.status == "complete"
+    for part, rec in m.stages.items():
+        p = rec.parity
         print(f"{name} {part}: rel L2 {p['rel_l2']:.2e}, max abs {p['max_abs']:.2e}")
         assert p["passed"] and p["rel_l2"] <= FP32_PARITY_GATE
         assert [c["axes"]["batch"] for c in p["cases"]] == [1, 2]
-        assert (built(name) / rec["onnx"]["file"]).is_file()
-    e2e = m["end_to_end"]
+        assert (built(name) / rec.files["fp32"].file).is_file()
+    e2e = m.checks["end_to_end"]
     print(f"{name} end to end: {e2e}")
     assert e2e["rel_l2"] <= FP32_PARITY_GATE
     if name != "features-fpn":
         assert e2e["prob_max_abs"] < 1e-4 and e2e["mask_iou"] > 0.999
-    assert m["tensorrt"] == {"built": False, "reason": "--skip-tensorrt"}
+    assert m.tensorrt == {"built": False, "reason": "--skip-tensorrt"}
 
 
 def test_manifest_records_the_model_and_parts():
     m = _manifest("unext-split-fp16")
-    assert m["loader"] == "runtime.dense.DenseSegmenter"
-    assert m["model"]["kind"] == "sam2-unext" and m["model"]["split"]
-    assert m["model"]["parts"] == ["sam_encoder", "dino_encoder", "decoder"]
-    assert m["model"]["dino"]["img_size"] == 112
-    assert m["model_config"] == {"trunk_channels": [96, 192, 384, 768], "dino_dim": 64, "dino_grid": 8,
-                                 "dino_size": 112}
-    assert {k: r["precision"] for k, r in m["stages"].items()} == {
+    assert m.kind == "sam2-unext" and m.model.details["split"]
+    assert m.model.details["parts"] == ["sam_encoder", "dino_encoder", "decoder"] == list(m.specs)
+    assert m.model.details["dino"]["img_size"] == 112
+    assert m.model_config == {"trunk_channels": [96, 192, 384, 768], "dino_dim": 64, "dino_grid": 8,
+                              "dino_size": 112}
+    assert {k: r.precision for k, r in m.stages.items()} == {
         "sam_encoder": "fp16", "dino_encoder": "fp32", "decoder": "fp16"}
     f = _manifest("features-fpn")
-    assert f["model"]["outputs"] == ["trunk_s4", "trunk_s8", "trunk_s16", "trunk_s32",
-                                     "fpn_s4", "fpn_s8", "fpn_s16"]
-    assert f["fp16"] is None  # an fp32 build measures no fp16 policy
+    assert f.model.details["outputs"] == ["trunk_s4", "trunk_s8", "trunk_s16", "trunk_s32",
+                                          "fpn_s4", "fpn_s8", "fpn_s16"]
+    assert "fp16" not in f.checks  # an fp32 build measures no fp16 policy
 
 
 def test_fp16_policy_error_is_measured():
-    fp16 = _manifest("unext-split-fp16")["fp16"]
+    fp16 = _manifest("unext-split-fp16").checks["fp16"]
     print(f"fp16 (emulated): {fp16}")
     assert fp16["modes"] == {"sam_encoder": "emulated", "dino_encoder": "fp32", "decoder": "emulated"}
     # FP16 rounding is visible (the check is not comparing FP32 with itself) and small.
     assert 1e-5 < fp16["rel_l2"] < 0.05
-    assert fp16["prob_max_abs"] <= fp16["gate"]["prob_max_abs"] and fp16["passed"]
+    assert fp16["prob_max_abs"] <= fp16["gate"]["max_abs"] and fp16["passed"]
 
 
 def test_fp16_gate_refuses_the_folder_and_names_the_part(tmp_path, monkeypatch, capsys):
     import shutil
 
     import export.dense.build as dense_build
+    from runtime.core.compare import ProbabilityGate
 
     d = tmp_path / "unext"
     shutil.copytree(built("unext-split-fp16"), d)
-    monkeypatch.setattr(dense_build, "FP16_PROB_GATE", 1e-9)  # no FP16 result can pass this
+    monkeypatch.setattr(dense_build, "DENSE_FP16", ProbabilityGate(1e-9, 0.98))  # no FP16 result passes
     rc = main(["--model", "sam2-unext", "--dino-config", "tiny", "--split", "--precision", "fp16",
                "--trunk", "tiny", "--image-size", str(SIZE), "--random-weights", "--max-batch", "2",
                "--skip-tensorrt", "--out", str(d)])
-    m = json.loads((d / "manifest.json").read_text())
-    assert rc == 1 and m["status"] == "failed" and not m["fp16"]["passed"]
+    m = _manifest(None, d)
+    assert rc == 1 and m.status == "failed" and not m.checks["fp16"]["passed"]
     assert "up to date, reusing sam_encoder.onnx" in capsys.readouterr().out
-    assert "--split --fp32-parts" in m["status_reason"]
-    assert "sam_encoder gives" in m["fp16"]["suggestion"] and "dino_encoder gives" in m["fp16"]["suggestion"]
-    from runtime.dense import DenseSegmenter
-    from runtime.manifest import ManifestError
+    assert "--split --fp32-parts" in m.status_reason
+    sug = m.checks["fp16"]["suggestion"]
+    assert "sam_encoder gives" in sug and "dino_encoder gives" in sug
+    from runtime.dense.segmenter import DenseSegmenter
+    from runtime.errors import ModelFolderError
 
-    with pytest.raises(ManifestError, match="status='failed'"):
+    with pytest.raises(ModelFolderError, match="status='failed'"):
         DenseSegmenter.load(d)
 
 
@@ -111,6 +114,8 @@ def test_rebuild_reuses_verified_parts(capsys):
     rc = main(["--model", "sam2-unet", "--precision", "fp32", "--trunk", "tiny", "--image-size",
                str(SIZE), "--random-weights", "--max-batch", "2", "--skip-tensorrt", "--out", str(d)])
     assert rc == 0 and "up to date, reusing model.onnx" in capsys.readouterr().out
+    import json
+
     assert json.loads(before)["stages"] == json.loads((d / "manifest.json").read_text())["stages"]
 
 
@@ -122,9 +127,9 @@ def test_builds_from_a_checkpoint_in_the_authors_layout(tmp_path):
     rc = main(["--model", "features", "--trunk", "tiny", "--image-size", "32", "--precision", "fp32",
                "--checkpoint", str(ckpt), "--max-batch", "1", "--skip-tensorrt", "--out",
                str(tmp_path / "out")])
-    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert rc == 0 and m["status"] == "complete"
-    assert m["checkpoints"]["model"]["path"] == str(ckpt) and not m["model"]["random_weights"]
+    m = _manifest(None, tmp_path / "out")
+    assert rc == 0 and m.status == "complete"
+    assert m.provenance["checkpoints"]["model"]["path"] == str(ckpt) and not m.model.random_weights
 
 
 @pytest.mark.parametrize("args, message", [
@@ -141,29 +146,39 @@ def test_builds_from_a_checkpoint_in_the_authors_layout(tmp_path):
     (["--model", "sam2-unet", "--trunk", "tiny", "--checkpoint", "/nonexistent.pth"], "does not exist"),
 ])
 def test_bad_options_fail_with_a_message(tmp_path, capsys, args, message):
-    with pytest.raises(SystemExit) as e:
-        main([*args, "--skip-tensorrt", "--out", str(tmp_path / "out")])
-    assert e.value.code == 2
-    assert message in capsys.readouterr().err
+    assert main([*args, "--skip-tensorrt", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_engines_are_built_per_part_precision():
-    """--split --fp32-parts: one TensorRT build call per precision, each with its parts."""
-    from types import SimpleNamespace
+def test_engines_are_built_per_part_precision(tmp_path, monkeypatch):
+    """--split --fp32-parts: each part's engine is built at that part's precision, from its file."""
+    import shutil
 
-    from export.dense.build import _build_engines
+    import export.trt_build as trt_build
+    from export.engines import build_engines
+    from runtime.core.backends import cuda, tensorrt as trt_backend
 
+    d = tmp_path / "unext"
+    shutil.copytree(built("unext-split-fp16"), d)
+    folder = ModelFolder.read(d)
     calls = []
 
-    def fake_build_engines(out, specs, records, ns, previous, log):
-        calls.append((ns.precision, list(specs), ns.no_fp32_norm))
-        return {"built": True, "engines": {k: f"{k}.{ns.precision}.engine" for k in specs}}
+    def fake_build_engine(onnx_path, engine_path, spec, precision, **kw):
+        calls.append((spec.name, precision, onnx_path.name, engine_path.name))
+        engine_path.write_bytes(b"engine")
+        return {"file": engine_path.name, "tensorrt_version": "10.3.0", "gpu": {"name": "Orin"},
+                "sha256": "0" * 64, "precision": precision, "build_seconds": 1.0}
 
-    specs = {"sam_encoder": 1, "dino_encoder": 2, "decoder": 3}
-    precisions = {"sam_encoder": "fp16", "dino_encoder": "fp32", "decoder": "fp16"}
-    args = SimpleNamespace(skip_tensorrt=False, no_fp32_norm=False)
-    info = _build_engines(None, specs, {}, precisions, args, {}, print, fake_build_engines)
-    assert calls == [("fp16", ["sam_encoder", "decoder"], False), ("fp32", ["dino_encoder"], False)]
-    assert info["engines"] == {"sam_encoder": "sam_encoder.fp16.engine", "decoder": "decoder.fp16.engine",
-                               "dino_encoder": "dino_encoder.fp32.engine"}
+    monkeypatch.setattr(trt_build, "tensorrt_status", lambda: (True, "TensorRT 10.3.0 on Orin"))
+    monkeypatch.setattr(trt_build, "build_engine", fake_build_engine)
+    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda: type("trt", (), {"__version__": "10.3.0"}))
+    monkeypatch.setattr(cuda, "gpu_record", lambda: {"name": "Orin", "compute_capability": "8.7"})
+    info = build_engines(folder, None, skip=False, keep_norm_fp32=True, log=lambda m: None)
+    assert calls == [("sam_encoder", "fp16", "sam_encoder.onnx", "sam_encoder.fp16.engine"),
+                     ("dino_encoder", "fp32", "dino_encoder.onnx", "dino_encoder.fp32.engine"),
+                     ("decoder", "fp16", "decoder.onnx", "decoder.fp16.engine")]
+    assert info["engines"] == {"sam_encoder": "sam_encoder.fp16.engine", "dino_encoder": "dino_encoder.fp32.engine",
+                               "decoder": "decoder.fp16.engine"}
+    assert folder.stage("dino_encoder").engine.precision == "fp32"

@@ -121,7 +121,7 @@ def test_bad_input(tiny_engines, tmp_path):
     with pytest.raises(ValueError, match="unknown passes"):
         optimize_for_ort(tiny_engines / "memory_attention.onnx", tmp_path / "x.onnx",
                          "memory_attention", passes=("fold", "nope"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="missing.onnx does not exist"):
         optimize_for_ort(tmp_path / "missing.onnx", tmp_path / "x.onnx", "memory_attention")
     assert main([str(tmp_path / "missing.onnx"), str(tmp_path / "x.onnx")]) == 2
     assert main([str(tiny_engines / "memory_attention.onnx"), str(tmp_path / "x.onnx"),

@@ -1,23 +1,22 @@
 """Every exported stage matches PyTorch in ONNX Runtime (fp32, relative L2 <= 1e-5)."""
 
-import json
-
 import pytest
 
-from export.build import FP32_PARITY_GATE
 from export.onnx_export import check_parity, export_onnx
+from runtime.core.compare import FP32_PARITY
+from runtime.core.folder import ModelFolder
 from export.subnets import build_subnets
-from runtime.spec import STAGES, stage_specs
+from runtime.sam2.spec import STAGES, stage_specs
 
 
 def test_manifest_records_parity_of_every_stage(tiny_engines):
-    manifest = json.loads((tiny_engines / "manifest.json").read_text())
-    assert manifest["status"] == "complete"
+    manifest = ModelFolder.open(tiny_engines).manifest
+    assert manifest.status == "complete"
     for stage in STAGES:
-        parity = manifest["stages"][stage]["parity"]
-        assert parity["passed"] and parity["rel_l2"] <= FP32_PARITY_GATE, (stage, parity)
-        assert parity["max_abs"] < 1e-4
-    ma_cases = manifest["stages"]["memory_attention"]["parity"]["cases"]
+        parity = manifest.stages[stage].parity
+        assert parity["passed"] and parity["rel_l2"] <= FP32_PARITY.max_rel_l2, (stage, parity)
+        assert parity["max_abs"] < 1e-4 and parity["cosine"] > 0.99999
+    ma_cases = manifest.stages["memory_attention"].parity["cases"]
     assert [c["axes"]["num_mem"] for c in ma_cases] == [1, 7]  # two memory counts
 
 
@@ -81,9 +80,9 @@ def test_value_projection_folded_exactly(tiny_model):
 @pytest.mark.fullsize
 def test_every_stage_at_1024(tmp_path):
     from export.assembly import assemble
-    from export.build import parity_cases
+    from export.sam2_build import parity_cases
     from export.models import ModelChoice
-    from runtime.spec import DEFAULT_AXIS_RANGES
+    from runtime.sam2.spec import DEFAULT_AXIS_RANGES
 
     model, _ = assemble(ModelChoice("tiny", "2.1", 1024), random_weights=True)
     nets, specs = build_subnets(model), stage_specs(1024)

@@ -23,9 +23,11 @@ from export.assembly import build_model, randomize_, write_random_checkpoints, w
 from export.build import main
 from export.checkpoints import CheckpointError, read_checkpoint, sam2_model_of, sam2_version_of
 from export.models import ModelChoice
-from export.onnx_export import example_feeds, ort_session, relative_l2, torch_outputs
+from export.onnx_export import ort_session, torch_outputs
+from runtime.core.compare import rel_l2 as relative_l2
+from runtime.core.spec import example_feeds
 from export.subnets import build_subnets
-from runtime.spec import stage_specs
+from runtime.sam2.spec import stage_specs
 
 SIZE = 256
 CHOICE20 = ModelChoice("tiny", "2.0", SIZE)
@@ -33,9 +35,14 @@ FLAGS = ["--image-size", str(SIZE), "--precision", "fp32", "--skip-tensorrt"]  #
 
 
 def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return e.value.code, capsys.readouterr().err
+    """Exit status and stderr of ``export.build``; bad input is one line, never a traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +84,8 @@ def test_build_with_no_model_flags_takes_the_files_settings(built):
     assert m["status"] == "complete"
     assert (m["model"]["name"], m["model"]["sam2_version"]) == ("tiny", "2.0")
     assert m["model"]["adapters"]["channel_factor"] == 0.8 and m["model"]["adapters"]["stages"] == [2, 3]
-    assert m["settings_from"]["channel factor"].startswith("the adapter file's args")
-    assert m["settings_from"]["SAM2 version"] == "the SAM2 checkpoint's keys"
+    assert m["provenance"]["settings_from"]["channel factor"].startswith("the adapter file's args")
+    assert m["provenance"]["settings_from"]["SAM2 version"] == "the SAM2 checkpoint's keys"
     assert all(r["parity"]["passed"] for r in m["stages"].values())
 
 

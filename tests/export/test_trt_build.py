@@ -29,9 +29,10 @@ from export.trt_build import (
     profile_shapes,
     tensorrt_status,
 )
-from runtime.backends import cuda
-from runtime.backends.base import BackendUnavailable
-from runtime.spec import StageSpec, TensorSpec, stage_specs
+from runtime.core.backends import cuda
+from runtime.errors import BackendUnavailable
+from runtime.core.spec import StageSpec, TensorSpec
+from runtime.sam2.spec import stage_specs
 
 GPU = {"name": "FakeGPU", "compute_capability": "8.7"}
 
@@ -493,7 +494,7 @@ TINY = StageSpec("tiny", inputs=(TensorSpec("x", ("batch", 3, 8, 8)),),
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 2e-2)])
 def test_real_build_and_run_matches_onnxruntime(tmp_path, precision, tol):
     ort = pytest.importorskip("onnxruntime")
-    from runtime.backends.tensorrt import TensorRTStageRunner
+    from runtime.core.backends.tensorrt import TensorRTStageRunner
 
     onnx_path = tiny_layernorm_onnx(tmp_path / "tiny.onnx")
     engine = tmp_path / f"tiny.{precision}.engine"

@@ -1,4 +1,4 @@
-"""``python -m runtime.camera``: references, bad inputs, a headless run and SIGTERM."""
+"""``python -m runtime camera``: references, bad inputs, a headless run and SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.camera.__main__ import EXIT_INPUT, EXIT_SOURCE, main  # noqa: E402
-from runtime.camera.references import ReferenceError, collect_references, load_reference_folder  # noqa: E402
+from runtime.cli.camera import build_parser, main  # noqa: E402
+from runtime.cli.references import collect, load_reference_folder  # noqa: E402
+from runtime.errors import EXIT_SOURCE, EXIT_USAGE as EXIT_INPUT, InputError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 W, H = 160, 120
@@ -56,10 +57,11 @@ def test_reference_folder_loads_rgb(tmp_path):
     make_pair(tmp_path / "refs" / "square", "b", ext=".jpg")
     make_pair(tmp_path / "refs" / "other", "x")
     refs = load_reference_folder(tmp_path / "refs")
-    assert [(r.concept, r.image_path.name) for r in refs] == [("other", "x.png"), ("square", "a.png"),
+    assert [(r.concept, r.sources[0].name) for r in refs] == [("other", "x.png"), ("square", "a.png"),
                                                              ("square", "b.jpg")]
     r = refs[0]
-    assert r.image.shape == (H, W, 3) and r.mask.dtype == bool and r.mask.shape == (H, W)
+    m = r.prompt["mask"]
+    assert r.image.shape == (H, W, 3) and m.dtype == bool and m.shape == (H, W)
     assert tuple(r.image[50, 50]) == (220, 40, 40)  # converted BGR -> RGB
 
 
@@ -72,18 +74,26 @@ def test_reference_folder_loads_rgb(tmp_path):
 ])
 def test_bad_reference_folders_name_the_file(tmp_path, setup, match):
     setup(tmp_path / "refs")
-    with pytest.raises(ReferenceError, match=match):
+    with pytest.raises(InputError, match=match):
         load_reference_folder(tmp_path / "refs")
 
 
 def test_ref_arguments(tmp_path):
     make_pair(tmp_path, "a")
-    refs = collect_references(None, [f"sq:{tmp_path / 'a.png'}:{tmp_path / 'a_mask.png'}"])
-    assert refs[0].concept == "sq"
-    with pytest.raises(ReferenceError, match="CONCEPT:IMAGE:MASK"):
-        collect_references(None, ["sq:only-two"])
-    with pytest.raises(ReferenceError, match="no references"):
-        collect_references(None, [])
+    img, mask = tmp_path / "a.png", tmp_path / "a_mask.png"
+
+    def refs(*argv):
+        return collect(build_parser().parse_args(["--model-dir", "x", "--source", "0", *argv]))
+
+    r = refs("--ref", f"sq={img}:{mask}", "--ref-box", f"{img}:10,10,60,50", "--ref-points", f"pt={img}:5,6;7,8")
+    assert [(x.concept, sorted(x.prompt)) for x in r] == [("sq", ["mask"]), ("default", ["box"]), ("pt", ["points"])]
+    assert r[1].prompt["box"] == [10, 10, 60, 50] and r[2].prompt["points"] == [[5, 6], [7, 8]]
+    with pytest.raises(InputError, match=r"\[CONCEPT=\]IMAGE:MASK"):
+        refs("--ref", "sq=only-one")
+    with pytest.raises(InputError, match="four numbers"):
+        refs("--ref-box", f"{img}:1,2,3")
+    with pytest.raises(InputError, match="no references"):
+        refs()
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -95,7 +105,7 @@ def run_main(capsys, *argv):
 
 def test_unknown_source(tiny_engines, tmp_path, capsys):
     make_pair(tmp_path / "refs" / "sq", "a")
-    rc, _, err = run_main(capsys, "--engines", tiny_engines, "--refs", tmp_path / "refs",
+    rc, _, err = run_main(capsys, "--model-dir", tiny_engines, "--refs", tmp_path / "refs",
                           "--source", tmp_path / "missing.mp4")
     assert rc == EXIT_SOURCE and "error: unknown source" in err
 
@@ -103,7 +113,7 @@ def test_unknown_source(tiny_engines, tmp_path, capsys):
 def test_unopenable_camera_index(tiny_engines, tmp_path, capsys):
     make_pair(tmp_path / "refs" / "sq", "a")
     t = time.monotonic()
-    rc, _, err = run_main(capsys, "--engines", tiny_engines, "--refs", tmp_path / "refs",
+    rc, _, err = run_main(capsys, "--model-dir", tiny_engines, "--refs", tmp_path / "refs",
                           "--source", "97", "--open-timeout", "3")
     assert rc == EXIT_SOURCE and "cannot open source 'camera 97'" in err
     assert time.monotonic() - t < 5
@@ -111,21 +121,21 @@ def test_unopenable_camera_index(tiny_engines, tmp_path, capsys):
 
 def test_empty_refs_folder(tiny_engines, tmp_path, capsys):
     (tmp_path / "refs").mkdir()
-    rc, _, err = run_main(capsys, "--engines", tiny_engines, "--refs", tmp_path / "refs", "--source", "0")
+    rc, _, err = run_main(capsys, "--model-dir", tiny_engines, "--refs", tmp_path / "refs", "--source", "0")
     assert rc == EXIT_INPUT and "is empty" in err
 
 
 def test_mismatched_mask(tiny_engines, tmp_path, capsys):
     make_pair(tmp_path / "refs" / "sq", "a", mask_hw=(50, 50))
-    rc, _, err = run_main(capsys, "--engines", tiny_engines, "--refs", tmp_path / "refs", "--source", "0")
+    rc, _, err = run_main(capsys, "--model-dir", tiny_engines, "--refs", tmp_path / "refs", "--source", "0")
     assert rc == EXIT_INPUT and "a_mask.png is 50x50" in err
 
 
 def test_missing_engines_and_bad_args(tmp_path, capsys):
-    rc, _, err = run_main(capsys, "--engines", tmp_path / "none", "--ref", "a:b:c", "--source", "0")
-    assert rc == EXIT_INPUT and "does not exist" in err
+    rc, _, err = run_main(capsys, "--model-dir", tmp_path / "none", "--ref", "a=b:c", "--source", "0")
+    assert rc == EXIT_INPUT and "model folder" in err and "does not exist" in err
     with pytest.raises(SystemExit) as e:
-        main(["--engines", str(tmp_path), "--source", "0", "--backend", "cuda"])
+        main(["--model-dir", str(tmp_path), "--source", "0", "--backend", "cuda"])
     assert e.value.code == 2
 
 
@@ -134,7 +144,7 @@ def test_headless_video_run(tiny_engines, tmp_path, capsys):
     n = 4
     make_pair(tmp_path / "refs" / "square", "a")
     video = write_video(tmp_path / "in.mp4", n)
-    rc, out, err = run_main(capsys, "--engines", tiny_engines, "--refs", tmp_path / "refs",
+    rc, out, err = run_main(capsys, "--model-dir", tiny_engines, "--refs", tmp_path / "refs",
                             "--source", video, "--output", tmp_path / "out.mp4", "--backend", "onnxruntime")
     print(out)
     assert rc == 0, err
@@ -151,7 +161,7 @@ def test_sigterm_stops_cleanly(tiny_engines, tmp_path):
     video = write_video(tmp_path / "in.mp4", 60)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen(
-        [sys.executable, "-m", "runtime.camera", "--engines", str(tiny_engines), "--refs", str(tmp_path / "refs"),
+        [sys.executable, "-m", "runtime", "camera", "--model-dir", str(tiny_engines), "--refs", str(tmp_path / "refs"),
          "--source", str(video), "--output", str(tmp_path / "out.mp4"), "--threads", "1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -164,8 +174,8 @@ def test_sigterm_stops_cleanly(tiny_engines, tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 0, err
-    assert "SIGTERM: stopping" in err and "interrupted" in out
+    assert p.returncode == 143, err  # the output finalised, then the documented SIGTERM status
+    assert "SIGTERM: stopping" in err and "interrupted" in out and "error: interrupted (SIGTERM)" in err
     frames_out = int(out.split(" out ")[1].split(",")[0])
     assert 1 <= frames_out < 60
     assert count_frames(tmp_path / "out.mp4") == frames_out

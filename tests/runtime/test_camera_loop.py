@@ -13,8 +13,8 @@ cv2 = pytest.importorskip("cv2")
 
 from runtime.camera.loop import CameraLoop, LoopOptions, VideoSink  # noqa: E402
 from runtime.camera.sources import FrameSource, RetryPolicy, SourceError, make_source  # noqa: E402
-from runtime.pipeline import FewShotSegmenter  # noqa: E402
-from runtime.results import ConceptResult, SegmentationResult  # noqa: E402
+from runtime.sam2.fewshot import FewShotSegmenter  # noqa: E402
+from runtime.sam2.results import ConceptResult, SegmentationResult  # noqa: E402
 
 W, H = 160, 120
 

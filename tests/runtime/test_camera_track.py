@@ -1,4 +1,4 @@
-"""``python -m runtime.camera --track``: SAM2 tracking on the camera loop (stock engines, 256 px)."""
+"""``python -m runtime camera --track``: SAM2 tracking on the camera loop (stock engines, 256 px)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.camera.__main__ import EXIT_INPUT, main  # noqa: E402
+from runtime.cli.camera import main  # noqa: E402
 from runtime.camera.loop import CameraLoop, LoopOptions  # noqa: E402
 from runtime.camera.overlay import concept_colours, draw_masks  # noqa: E402
-from runtime.camera.prompts import PromptError, parse_prompts  # noqa: E402
+from runtime.camera.prompts import parse_prompts  # noqa: E402
 from runtime.camera.sources import FrameSource, make_source  # noqa: E402
 from runtime.camera.steps import TrackingStep  # noqa: E402
-from runtime.preprocess import InputError  # noqa: E402
-from runtime.tracker import ObjectMask, TrackedFrame, VideoTracker  # noqa: E402
+from runtime.errors import EXIT_USAGE as EXIT_INPUT, InputError  # noqa: E402
+from runtime.errors import InputError as PromptError  # noqa: E402  (prompt faults are input errors)
+from runtime.sam2.tracker import ObjectMask, TrackedFrame, VideoTracker  # noqa: E402
 
 W, H = 160, 120
 BOX = "30,35,80,85"  # the red square on frame 0
@@ -100,9 +101,14 @@ def test_prompt_outside_frame_is_named():
 @pytest.fixture
 def fake_engines(tmp_path):
     """A folder whose manifest says stock SAM2 (enough for the checks made before loading)."""
+    from conftest import folder_with
+    from runtime.core.folder import ModelFolder
+
     d = tmp_path / "engines"
     d.mkdir()
-    (d / "manifest.json").write_text(json.dumps({"format_version": 0, "model": {"kind": "sam2"}}))
+    f = folder_with({}, kind="sam2")
+    f.manifest.status = "complete"
+    ModelFolder(d, f.manifest).write()
     return d
 
 
@@ -114,23 +120,24 @@ def fake_engines(tmp_path):
     (["--track", "--point", "a,b"], "--point a,b: expected X,Y"),
     (["--track", "--box", "a=1,1,5,5", "--box", "a=2,2,6,6"], "object a has two boxes"),
     (["--track", "--track-mask", "missing.png"], "--track-mask missing.png: mask 'missing.png' does not exist"),
-    (["--track", "--point", "1,1", "--ref", "a:b:c"], "--refs/--ref are for few-shot mode"),
+    (["--track", "--point", "1,1", "--ref", "a=b:c"], "--ref.../--refs are for few-shot mode"),
     (["--box", "1,1,5,5"], "are tracking prompts: add --track"),
-    ([], "no references: give --refs FOLDER and/or --ref CONCEPT:IMAGE:MASK (few-shot), or --track"),
+    ([], "no references: give --ref [CONCEPT=]IMAGE:MASK (or --ref-scribble, --ref-box, --ref-points, "
+         "--refs FOLDER) for few-shot, or --track"),
 ])
 def test_bad_tracking_arguments(fake_engines, tmp_path, capsys, args, message):
-    rc, _, err = run_main(capsys, "--engines", fake_engines, "--source", tmp_path / "none.mp4", *args)
+    rc, _, err = run_main(capsys, "--model-dir", fake_engines, "--source", tmp_path / "none.mp4", *args)
     assert rc == EXIT_INPUT and message in err, err
 
 
 def test_fewshot_engines_refused_for_tracking(fake_engines, tmp_path, capsys):
     m = json.loads((fake_engines / "manifest.json").read_text())
-    m["model"]["kind"] = "sam2-fewshot"
+    m["kind"] = "sam2-fewshot"
     (fake_engines / "manifest.json").write_text(json.dumps(m))
-    rc, _, err = run_main(capsys, "--engines", fake_engines, "--source", tmp_path / "none.mp4",
+    rc, _, err = run_main(capsys, "--model-dir", fake_engines, "--source", tmp_path / "none.mp4",
                           "--track", "--box", BOX)
     assert rc == EXIT_INPUT
-    assert "--track needs stock SAM2 engines (model kind 'sam2')" in err and "'sam2-fewshot'" in err
+    assert "which VideoTracker cannot run: it runs 'sam2' folders" in err and "'sam2-fewshot'" in err
     assert "--stock-sam2 --no-adapters" in err
 
 
@@ -280,7 +287,7 @@ def test_cli_tracking_writes_every_frame(stock_engines, tmp_path, capsys):
     n = 6
     video = write_video(tmp_path / "in.mp4", n)
     prompt = [("box", BOX), ("neg-point", "5,5"), ("neg-point", "150,110")]
-    rc, out, err = run_main(capsys, "--engines", stock_engines, "--source", video, "--track",
+    rc, out, err = run_main(capsys, "--model-dir", stock_engines, "--source", video, "--track",
                             *[a for k, v in prompt for a in ("--" + k, v)],
                             "--output", tmp_path / "out.mp4", "--backend", "onnxruntime", "--no-hud")
     print(out, err)
@@ -308,7 +315,7 @@ def test_cli_tracking_writes_every_frame(stock_engines, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--box", "30,35,200,85"], "error: prompt: object obj1 (--box 30,35,200,85): (200, 85) is outside the first "
+    (["--box", "30,35,200,85"], "error: inference: object obj1 (--box 30,35,200,85): (200, 85) is outside the first "
                                 "frame, which is 160x120"),
     (["--track-mask", "{small}"], "is 50x40 (WxH) but the first frame is 160x120"),
 ])
@@ -317,7 +324,7 @@ def test_cli_prompt_not_fitting_the_first_frame(stock_engines, tmp_path, capsys,
     small[10:20, 10:20] = 255
     cv2.imwrite(str(tmp_path / "small.png"), small)
     args = [a.format(small=tmp_path / "small.png") for a in args]
-    rc, out, err = run_main(capsys, "--engines", stock_engines, "--source", write_video(tmp_path / "in.mp4", 3),
+    rc, out, err = run_main(capsys, "--model-dir", stock_engines, "--source", write_video(tmp_path / "in.mp4", 3),
                             "--track", *args, "--output", tmp_path / "out.mp4", "--backend", "onnxruntime")
     assert rc == EXIT_INPUT and message in err, err
     assert "frames in" in out and not (tmp_path / "out.mp4").exists()

@@ -2,8 +2,9 @@
 
 import pytest
 
-import runtime.backends.cpu_features as cf
-from runtime.backends import CPU_INT8_KEY, onnx_file_kinds
+import runtime.core.backends.cpu_features as cf
+from conftest import folder_with
+from runtime.core.backends import onnx_variants
 
 X86_VNNI = frozenset({"avx2", "avx512f", "avx512_vnni"})
 X86_AVX_VNNI = frozenset({"avx2", "avx_vnni"})
@@ -44,11 +45,8 @@ def test_describe_names_what_matters():
 
 
 def _manifest(reduce_range):
-    rec = {"file": "memory_attention.cpu-int8.onnx"}
-    if reduce_range is not None:
-        rec["reduce_range"] = reduce_range
-    return {"stages": {"memory_attention": {"onnx": {"file": "memory_attention.onnx"}, CPU_INT8_KEY: rec},
-                       "mask_decoder": {"onnx": {"file": "mask_decoder.onnx"}}}}
+    info = {} if reduce_range is None else {"reduce_range": reduce_range}
+    return folder_with({"memory_attention": {"fp32": {}, "cpu-int8": info}, "mask_decoder": {"fp32": {}}})
 
 
 STAGES = ("memory_attention", "mask_decoder")
@@ -60,15 +58,15 @@ def test_full_range_files_are_not_run_where_they_saturate(monkeypatch, reduce_ra
     monkeypatch.setattr(cf, "saturates_full_range", lambda *a: True)
     m = _manifest(reduce_range)
     with pytest.warns(RuntimeWarning, match="full-range.*--cpu-int8-range reduced.*FP32"):
-        assert onnx_file_kinds(m, STAGES, "onnxruntime", "auto", CPU) == {
-            "memory_attention": "onnx", "mask_decoder": "onnx"}
+        assert onnx_variants(m, STAGES, "onnxruntime", "auto", CPU) == {
+            "memory_attention": "fp32", "mask_decoder": "fp32"}
     with pytest.raises(ValueError, match="cpu_int8='on'.*saturates.*--cpu-int8-range reduced"):
-        onnx_file_kinds(m, STAGES, "onnxruntime", "on", CPU)
+        onnx_variants(m, STAGES, "onnxruntime", "on", CPU)
 
 
 def test_reduced_range_files_run_everywhere_and_full_range_where_safe(monkeypatch):
     for saturates, reduce_range in ((True, True), (False, False), (False, True)):
         monkeypatch.setattr(cf, "saturates_full_range", lambda *a, v=saturates: v)
         for mode in ("auto", "on"):
-            assert onnx_file_kinds(_manifest(reduce_range), STAGES, "onnxruntime", mode, CPU) == {
-                "memory_attention": CPU_INT8_KEY, "mask_decoder": "onnx"}
+            assert onnx_variants(_manifest(reduce_range), STAGES, "onnxruntime", mode, CPU) == {
+                "memory_attention": "cpu-int8", "mask_decoder": "fp32"}

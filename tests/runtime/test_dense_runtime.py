@@ -58,7 +58,7 @@ def _authors_png(prob: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", ["unet", "unext-split-fp16"])
 def test_probability_map_matches_the_authors_pipeline(name):
     """Natural-like JPEG images through the runtime vs the authors' dataset.py + model + test.py."""
-    from runtime.dense import DenseSegmenter, prob_to_png
+    from runtime.dense.segmenter import DenseSegmenter, prob_to_png
 
     ious, same = [], []
     with DenseSegmenter.load(built(name), backend="onnxruntime") as seg:
@@ -78,7 +78,7 @@ def test_probability_map_matches_the_authors_pipeline(name):
 
 def test_preprocessing_is_the_authors_pil_resize():
     """prepare_image gives exactly the tensor torchvision's Resize + ToTensor give on a PIL image."""
-    from runtime.dense import prepare_image
+    from runtime.dense.segmenter import prepare_image
 
     for img in natural_images() + [_image()]:
         x, hw = prepare_image(img, SIZE)
@@ -87,7 +87,7 @@ def test_preprocessing_is_the_authors_pil_resize():
 
 
 def test_saved_map_is_the_authors():
-    from runtime.dense import prob_to_png
+    from runtime.dense.segmenter import prob_to_png
 
     rng = np.random.default_rng(0)
     prob = (1 / (1 + np.exp(-rng.normal(0, 4, (60, 70))))).astype(np.float32)
@@ -96,7 +96,7 @@ def test_saved_map_is_the_authors():
 
 
 def test_features_match_pytorch():
-    from runtime.features import FeatureExtractor
+    from runtime.dense.features import FeatureExtractor
 
     img = _image(70, 40, seed=1)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
@@ -121,42 +121,42 @@ def test_features_match_pytorch():
 
 def test_each_loader_refuses_the_other_kinds_folder():
     from runtime import FewShotSegmenter
-    from runtime.dense import DenseSegmenter
-    from runtime.features import FeatureExtractor
-    from runtime.manifest import ManifestError
+    from runtime.dense.segmenter import DenseSegmenter
+    from runtime.dense.features import FeatureExtractor
+    from runtime.errors import ModelFolderError
 
-    with pytest.raises(ManifestError, match="load it with runtime.features.FeatureExtractor"):
+    with pytest.raises(ModelFolderError, match="which DenseSegmenter cannot run.*open this one with FeatureExtractor"):
         DenseSegmenter.load(built("features-fpn"))
-    with pytest.raises(ManifestError, match="load it with runtime.dense.DenseSegmenter"):
+    with pytest.raises(ModelFolderError, match="which FeatureExtractor cannot run.*open this one with DenseSegmenter"):
         FeatureExtractor.load(built("unet"))
-    with pytest.raises(ManifestError, match="load it with runtime.dense.DenseSegmenter"):
+    with pytest.raises(ModelFolderError, match="which FewShotSegmenter cannot run.*open this one with DenseSegmenter"):
         FewShotSegmenter.load(built("unet"))
 
 
 def test_changed_files_and_failed_builds_are_refused(tmp_path):
     import shutil
 
-    from runtime.dense import DenseSegmenter
-    from runtime.manifest import ManifestError
+    from runtime.dense.segmenter import DenseSegmenter
+    from runtime.errors import ModelFolderError
 
     d = tmp_path / "unet"
     shutil.copytree(built("unet"), d)
     with open(d / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ManifestError, match="does not match the sha256"):
+    with pytest.raises(ModelFolderError, match="does not match the sha256"):
         DenseSegmenter.load(d)
     m = json.loads((d / "manifest.json").read_text())
     m["status"] = "failed"
     (d / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ManifestError, match="status='failed'"):
+    with pytest.raises(ModelFolderError, match="status='failed'"):
         DenseSegmenter.load(d)
-    with pytest.raises(ManifestError, match="does not exist"):
+    with pytest.raises(ModelFolderError, match="does not exist"):
         DenseSegmenter.load(tmp_path / "nothing")
 
 
 def test_bad_images_are_refused_with_a_message():
-    from runtime.dense import DenseSegmenter
-    from runtime.preprocess import InputError
+    from runtime.dense.segmenter import DenseSegmenter
+    from runtime.errors import InputError
 
     with DenseSegmenter.load(built("unet"), backend="onnxruntime") as seg:
         with pytest.raises(InputError, match="channels"):
@@ -168,18 +168,18 @@ def test_bad_images_are_refused_with_a_message():
 
 
 def test_runtime_imports_no_torch():
-    code = ("import sys, runtime.dense, runtime.features, runtime.dense_cli, runtime.dense_spec; "
+    code = ("import sys, runtime, runtime.dense.segmenter, runtime.dense.features, runtime.cli.dense, runtime.dense.spec; "
             "bad = [m for m in ('torch', 'export', 'calib', 'sam2') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 def test_segment_cli_dense(tmp_path, capsys):
-    from runtime.imageio import write_image
-    from runtime.segment import main
+    from runtime.core.imageio import write_image
+    from runtime.cli.dense import main
 
     write_image(tmp_path / "a.png", _image())
-    rc = main(["--dense", "--engines", str(built("unet")), "--target", str(tmp_path / "a.png"),
+    rc = main(["--model-dir", str(built("unet")), "--target", str(tmp_path / "a.png"),
                "--out", str(tmp_path / "out"), "--backend", "onnxruntime"])
     assert rc == 0
     assert "sam2-unet at 64px" in capsys.readouterr().out
@@ -188,6 +188,6 @@ def test_segment_cli_dense(tmp_path, capsys):
     prob = cv2.imread(str(tmp_path / "out" / "a_prob.png"), cv2.IMREAD_GRAYSCALE)
     assert prob.shape == (50, 83) and prob.max() >= 254 and prob.min() == 0  # min-max normalised (floored, as the authors)
     assert (tmp_path / "out" / "a_mask.png").is_file() and (tmp_path / "out" / "a_overlay.png").is_file()
-    rc = main(["--dense", "--engines", str(built("features-fpn")), "--target", str(tmp_path / "a.png"),
+    rc = main(["--model-dir", str(built("features-fpn")), "--target", str(tmp_path / "a.png"),
                "--out", str(tmp_path / "out2")])
     assert rc == 2 and "FeatureExtractor" in capsys.readouterr().err

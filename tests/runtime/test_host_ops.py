@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.memory import select_memories, select_pointers, sine_pe_1d
-from runtime.preprocess import mask_downsample
-from runtime.resize import resize_bilinear
+from runtime.sam2.memory import select_memories, select_pointers, sine_pe_1d
+from runtime.sam2.inputs import mask_downsample
+from runtime.core.resize import resize_bilinear
 
 
 @pytest.mark.parametrize("src,dst", [((480, 640), (256, 256)), ((1080, 1920), (1024, 1024)),
@@ -66,16 +66,16 @@ def test_mask_downsample_matches_conv():
 
 
 def test_runtime_never_imports_torch():
-    code = ("import sys, runtime, runtime.segment, runtime.tracker, runtime.image_predictor, "
-            "runtime.backends.onnxruntime, "
-            "runtime.backends.tensorrt, runtime.backends.cuda\n"
+    code = ("import sys, runtime, runtime.cli.segment, runtime.sam2.tracker, runtime.sam2.predictor, "
+            "runtime.core.backends.onnxruntime, "
+            "runtime.core.backends.tensorrt, runtime.core.backends.cuda\n"
             "bad = [m for m in ('torch', 'sam2', 'export', 'calib') if m in sys.modules]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_bfloat16_rounding_matches_torch():
-    from runtime.tracker import round_to_bfloat16
+    from runtime.sam2.tracker import round_to_bfloat16
 
     x = np.random.default_rng(2).standard_normal(10000).astype(np.float32) * 10
     x[:4] = [0.0, -0.0, 1.00390625, 1.01171875]  # exact halfway cases: ties to even
@@ -87,7 +87,7 @@ def test_bfloat16_rounding_matches_torch():
 def test_closest_cond_frames_matches_sam2(max_cond):
     from sam2.modeling.sam2_utils import select_closest_cond_frames
 
-    from runtime.memory import closest_cond_frames
+    from runtime.sam2.memory import closest_cond_frames
 
     cond = {t: None for t in (0, 7, 12, 30, 31)}
     for frame_idx in (0, 5, 12, 20, 40):

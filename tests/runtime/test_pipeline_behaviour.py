@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime import FewShotSegmenter, InputError
-from runtime.manifest import ManifestError
+from runtime.errors import ModelFolderError
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_missing_file_in_engines_folder(tiny_engines, tmp_path):
     broken = tmp_path / "e"
     shutil.copytree(tiny_engines, broken)
     (broken / "memory_attention.onnx").unlink()
-    with pytest.raises(ManifestError, match="memory_attention.onnx.*missing"):
+    with pytest.raises(ModelFolderError, match="memory_attention.onnx.*missing"):
         FewShotSegmenter.load(broken, backend="onnxruntime")
 
 
@@ -105,14 +105,14 @@ def test_replaced_file_does_not_match_manifest(tiny_engines, tmp_path):
     broken = tmp_path / "e"
     shutil.copytree(tiny_engines, broken)
     shutil.copy(broken / "memory_encoder.onnx", broken / "mask_decoder.onnx")
-    with pytest.raises(ManifestError, match="does not match the sha256"):
+    with pytest.raises(ModelFolderError, match="does not match the sha256"):
         FewShotSegmenter.load(broken, backend="onnxruntime")
 
 
 @pytest.mark.parametrize("edit,match", [
     (lambda m: m.update(format_version=99), "format_version"),
     (lambda m: m.update(status="failed"), "status='failed'"),
-    (lambda m: m.pop("stages"), "lacks the 'stages'"),
+    (lambda m: m.pop("stages"), "lacks the entries \\['stages'\\]"),
 ])
 def test_manifest_problems(tiny_engines, tmp_path, edit, match):
     broken = tmp_path / "e"
@@ -120,19 +120,19 @@ def test_manifest_problems(tiny_engines, tmp_path, edit, match):
     m = json.loads((broken / "manifest.json").read_text())
     edit(m)
     (broken / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ManifestError, match=match):
+    with pytest.raises(ModelFolderError, match=match):
         FewShotSegmenter.load(broken, backend="onnxruntime")
 
 
 def test_missing_folder_and_unknown_backend(tiny_engines, tmp_path):
-    with pytest.raises(ManifestError, match="does not exist"):
+    with pytest.raises(ModelFolderError, match="does not exist"):
         FewShotSegmenter.load(tmp_path / "nope")
     with pytest.raises(ValueError, match="unknown backend"):
         FewShotSegmenter.load(tiny_engines, backend="openvino")
 
 
 def test_tensorrt_backend_without_engines_says_why(tiny_engines):
-    from runtime.backends.base import BackendUnavailable
+    from runtime.errors import BackendUnavailable
 
     with pytest.raises(BackendUnavailable, match="no TensorRT engines"):
         FewShotSegmenter.load(tiny_engines, backend="tensorrt")
@@ -141,26 +141,25 @@ def test_tensorrt_backend_without_engines_says_why(tiny_engines):
 def test_cpu_int8_modes_are_checked(tiny_engines):
     with pytest.raises(ValueError, match="unknown cpu_int8 mode 'yes'"):
         FewShotSegmenter.load(tiny_engines, cpu_int8="yes")
-    with pytest.raises(ValueError, match="--cpu-int8"):
+    with pytest.raises(ValueError, match="--cpu-int8-stages"):
         FewShotSegmenter.load(tiny_engines, backend="onnxruntime", cpu_int8="on")
 
 
 def test_cpu_int8_file_choice():
-    from runtime.backends import onnx_file_kinds
+    from conftest import folder_with
+    from runtime.core.backends import onnx_variants
 
     # reduce_range: safe on every CPU (the weight-range check: tests/runtime/test_cpu_features.py)
-    m = {"stages": {"a": {"onnx": {"file": "a.onnx"},
-                          "onnx_cpu_int8": {"file": "a.cpu-int8.onnx", "reduce_range": True}},
-                    "b": {"onnx": {"file": "b.onnx"}}}}
+    m = folder_with({"a": {"fp32": {}, "cpu-int8": {"reduce_range": True}}, "b": {"fp32": {}}})
     cpu = ["CPUExecutionProvider"]
-    assert onnx_file_kinds(m, ("a", "b"), "onnxruntime", "auto", cpu) == {"a": "onnx_cpu_int8", "b": "onnx"}
-    assert onnx_file_kinds(m, ("a", "b"), "onnxruntime", "off", cpu) == {"a": "onnx", "b": "onnx"}
+    assert onnx_variants(m, ("a", "b"), "onnxruntime", "auto", cpu) == {"a": "cpu-int8", "b": "fp32"}
+    assert onnx_variants(m, ("a", "b"), "onnxruntime", "off", cpu) == {"a": "fp32", "b": "fp32"}
     # auto: the INT8 graphs are for the CPU provider only
     gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert onnx_file_kinds(m, ("a", "b"), "onnxruntime", "auto", gpu) == {"a": "onnx", "b": "onnx"}
-    assert onnx_file_kinds(m, ("a", "b"), "tensorrt", "auto") == {"a": "onnx", "b": "onnx"}
+    assert onnx_variants(m, ("a", "b"), "onnxruntime", "auto", gpu) == {"a": "fp32", "b": "fp32"}
+    assert onnx_variants(m, ("a", "b"), "tensorrt", "auto") == {"a": "fp32", "b": "fp32"}
     with pytest.raises(ValueError, match="needs the onnxruntime backend"):
-        onnx_file_kinds(m, ("a", "b"), "tensorrt", "on")
+        onnx_variants(m, ("a", "b"), "tensorrt", "on")
 
 
 @pytest.mark.parametrize("pipelined", [True, False])

@@ -35,7 +35,7 @@ def _compare(ref_res, rt_res):
         rel = np.linalg.norm(a.logits - b.logits) / np.linalg.norm(a.logits)
         stats[concept] = (iou, rel)
         assert iou >= IOU_MIN and rel <= REL_L2_MAX, (concept, iou, rel)
-        assert abs(a.score - b.score) < 1e-4
+        assert abs(a.iou - b.iou) < 1e-4
     return stats
 
 
@@ -116,7 +116,7 @@ def test_scribble_reference_parity(pair):
     rng = np.random.default_rng(21)
     img = _image(rng, 240, 320)
     stroke = _stroke(240, 320, 60, 80, 40)
-    assert stroke.sum() == 40 <= seg.engines.axis_max("num_points")
+    assert stroke.sum() == 40 <= seg.stages.axis_max("num_points")
     img2, mask2 = _image(rng, 200, 200), _mask(rng, 200, 200)
     for obj in (ref, seg):
         obj.add_reference(img, scribble=stroke, concept="scr")
@@ -133,7 +133,7 @@ def test_large_scribble_is_subsampled_and_says_so(pair):
     rng = np.random.default_rng(22)
     img = _image(rng, 240, 320)
     stroke = _stroke(240, 320, 40, 40, 200, width=3)
-    limit = seg.engines.axis_max("num_points")
+    limit = seg.stages.axis_max("num_points")
     assert stroke.sum() > limit
     ref.add_reference(img, scribble=stroke, concept="scr")
     with pytest.warns(UserWarning, match=rf"{stroke.sum()} stroke pixels.*at most {limit}"):

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 from export.models import ModelChoice
-from runtime.image_predictor import ImagePredictor
-from runtime.preprocess import InputError
-from runtime.tracker import VideoTracker
+from runtime.sam2.predictor import ImagePredictor
+from runtime.errors import InputError
+from runtime.sam2.tracker import VideoTracker
 
 SIZE = 256
 NUM_FRAMES = 30
@@ -47,7 +47,7 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module", params=["2.1", "2.0"])
 def stock(request, stock_sam2_factory):
-    """(ModelChoice, official-format checkpoint path, engines folder) for one SAM2 version."""
+    """(ModelChoice, official-format checkpoint path, model folder) for one SAM2 version."""
     return stock_sam2_factory(request.param)
 
 
@@ -160,7 +160,7 @@ def test_video_tracker_matches_sam2_video_predictor(stock, video):
         for p in video_prompts():
             ours.add_prompt(p["frame"], p["obj"], frames[p["frame"]], points=p.get("points"),
                             labels=p.get("labels"), box=p.get("box"), mask=p.get("mask"))
-        bound = 2 * (2 + ours.engines.cfg["max_obj_ptrs_in_encoder"] + 1)
+        bound = 2 * (2 + ours.stages.cfg["max_obj_ptrs_in_encoder"] + 1)
         worst_iou, worst_rel, seen, foreground = 1.0, 0.0, [], []
         for out in ours.propagate(frames):
             seen.append(out.frame_idx)

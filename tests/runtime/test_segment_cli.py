@@ -1,9 +1,9 @@
-"""`python -m runtime.segment` on image files."""
+"""`python -m runtime.cli.segment` on image files."""
 
 import cv2
 import numpy as np
 
-from runtime.segment import main
+from runtime.cli.segment import main
 
 
 def test_segment_cli_writes_masks_and_overlays(tiny_engines, tmp_path, capsys):
@@ -15,7 +15,7 @@ def test_segment_cli_writes_masks_and_overlays(tiny_engines, tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "ref_mask.png"), mask)
     cv2.imwrite(str(tmp_path / "t1.jpg"), rng.integers(0, 256, (90, 200, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    rc = main(["--engines", str(tiny_engines), "--ref", f"cat={tmp_path}/ref.png:{tmp_path}/ref_mask.png",
+    rc = main(["--model-dir", str(tiny_engines), "--ref", f"cat={tmp_path}/ref.png:{tmp_path}/ref_mask.png",
                "--target", str(tmp_path / "t1.jpg"), "--out", str(out), "--backend", "onnxruntime"])
     assert rc == 0
     m = cv2.imread(str(out / "t1_cat_mask.png"), cv2.IMREAD_GRAYSCALE)
@@ -25,7 +25,7 @@ def test_segment_cli_writes_masks_and_overlays(tiny_engines, tmp_path, capsys):
 
 
 def test_segment_cli_bad_reference(tiny_engines, tmp_path, capsys):
-    rc = main(["--engines", str(tiny_engines), "--ref", f"{tmp_path}/no.png:{tmp_path}/no_mask.png",
+    rc = main(["--model-dir", str(tiny_engines), "--ref", f"{tmp_path}/no.png:{tmp_path}/no_mask.png",
                "--target", f"{tmp_path}/no.png", "--out", str(tmp_path / "o")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
@@ -42,7 +42,7 @@ def test_segment_cli_scribble_reference(tiny_engines, tmp_path, capsys):
     for name, a in (("ref.png", img), ("stroke.png", stroke), ("t.png", target)):
         cv2.imwrite(str(tmp_path / name), a if a.ndim == 2 else a[:, :, ::-1])
     out = tmp_path / "out"
-    rc = main(["--engines", str(tiny_engines), "--ref-scribble", f"obj={tmp_path}/ref.png:{tmp_path}/stroke.png",
+    rc = main(["--model-dir", str(tiny_engines), "--ref-scribble", f"obj={tmp_path}/ref.png:{tmp_path}/stroke.png",
                "--target", str(tmp_path / "t.png"), "--out", str(out), "--backend", "onnxruntime"])
     assert rc == 0
     got = cv2.imread(str(out / "t_obj_mask.png"), cv2.IMREAD_GRAYSCALE) > 0
@@ -53,5 +53,5 @@ def test_segment_cli_scribble_reference(tiny_engines, tmp_path, capsys):
 
 
 def test_segment_cli_needs_a_reference(tiny_engines, tmp_path, capsys):
-    rc = main(["--engines", str(tiny_engines), "--target", f"{tmp_path}/t.png", "--out", str(tmp_path / "o")])
+    rc = main(["--model-dir", str(tiny_engines), "--target", f"{tmp_path}/t.png", "--out", str(tmp_path / "o")])
     assert rc == 2 and "no reference" in capsys.readouterr().err

@@ -21,18 +21,14 @@ import pytest
 
 from conftest import tiny_layernorm_onnx
 
-from runtime.backends import cuda
-from runtime.backends import tensorrt as trt_backend
-from runtime.backends.base import BackendUnavailable
-from runtime.backends.cuda import CudaError, DeviceTensor, cuda_call
-from runtime.backends.tensorrt import (
-    EngineIncompatible,
-    TensorRTStageRunner,
-    check_engine_record,
-    check_feed_shapes,
-    choose_profile,
-)
-from runtime.spec import StageSpec, TensorSpec, stage_specs
+from runtime.core.backends import cuda
+from runtime.core.backends import tensorrt as trt_backend
+from runtime.core.backends.cuda import CudaError, DeviceTensor, cuda_call
+from runtime.core.backends.tensorrt import TensorRTStageRunner, choose_profile
+from runtime.core.folder import EngineRecord, engine_usable_here
+from runtime.core.spec import StageSpec, TensorContractError, TensorSpec
+from runtime.errors import BackendUnavailable, EngineIncompatible, ModelFolderError
+from runtime.sam2.spec import stage_specs
 
 GPU = {"name": "FakeGPU", "compute_capability": "8.7"}
 TRT_VERSION = "10.3.0"
@@ -231,11 +227,14 @@ def fakes(monkeypatch):
     return SimpleNamespace(cudart=rt, trt=trt)
 
 
+def engine_record(version=TRT_VERSION, gpu=GPU):
+    return EngineRecord("toy.engine", "0" * 64, "fp32", "fp32", "1" * 64, version, dict(gpu))
+
+
 def make_runner(tmp_path, cfg=None, record=None, spec=TOY, **kw):
     path = tmp_path / "toy.engine"
     path.write_text(json.dumps(cfg or engine_cfg()))
-    record = record or {"file": path.name, "tensorrt_version": TRT_VERSION, "gpu": dict(GPU)}
-    return TensorRTStageRunner(spec, path, record, **kw)
+    return TensorRTStageRunner(spec, path.read_bytes(), record or engine_record(), **kw)
 
 
 def feeds(batch, seed=0):
@@ -317,32 +316,32 @@ def test_choose_profile_none_fits_names_ranges():
         choose_profile(buckets, {"m": (2, 4, 1)})
 
 
-def test_check_feed_shapes_against_spec():
+def test_check_feeds_against_spec():
     spec = stage_specs(256)["memory_attention"]  # embedding side 16
     good = {"vision_feat": (1, 256, 16, 16), "mem_feats": (3, 64, 16, 16),
             "mem_pos": (3, 64, 16, 16), "obj_ptrs": (5, 256), "obj_ptr_pos": (5, 64)}
-    assert check_feed_shapes(spec, good) == {"num_mem": 3, "num_ptr": 5}
-    with pytest.raises(ValueError, match="axis 2 is 32, must be 16"):
-        check_feed_shapes(spec, {**good, "mem_feats": (3, 64, 32, 16)})
-    with pytest.raises(ValueError, match="rank 3 instead of 4"):
-        check_feed_shapes(spec, {**good, "mem_pos": (3, 64, 16)})
-    with pytest.raises(ValueError, match="num_mem=2 here but num_mem=3 in input 'mem_feats'"):
-        check_feed_shapes(spec, {**good, "mem_pos": (2, 64, 16, 16)})
+    good = {k: (v, "float32") for k, v in good.items()}
+    assert spec.check_feeds(good) == {"num_mem": 3, "num_ptr": 5}
+    with pytest.raises(TensorContractError, match="axis 2 is 32, must be 16"):
+        spec.check_feeds({**good, "mem_feats": ((3, 64, 32, 16), "float32")})
+    with pytest.raises(TensorContractError, match="rank 3 instead of 4"):
+        spec.check_feeds({**good, "mem_pos": ((3, 64, 16), "float32")})
+    with pytest.raises(TensorContractError, match="num_mem=2 here but num_mem=3 in input 'mem_feats'"):
+        spec.check_feeds({**good, "mem_pos": ((2, 64, 16, 16), "float32")})
     with pytest.raises(ValueError, match=r"num_mem=8 is outside the range 1\.\.7"):
-        check_feed_shapes(spec, {**good, "mem_feats": (8, 64, 16, 16), "mem_pos": (8, 64, 16, 16)})
+        spec.check_feeds({**good, "mem_feats": ((8, 64, 16, 16), "float32"), "mem_pos": ((8, 64, 16, 16), "float32")})
+    with pytest.raises(TensorContractError, match="'obj_ptrs' is float64, the stage takes float32"):
+        spec.check_feeds({**good, "obj_ptrs": ((5, 256), "float64")})
 
 
-def test_check_engine_record():
-    rec = {"file": "a.engine", "tensorrt_version": "10.3.0", "gpu": dict(GPU)}
-    check_engine_record(rec, "10.3.0", GPU)
-    with pytest.raises(EngineIncompatible, match="TensorRT 8.6.2.*rebuild with `python -m export.build` on this device"):
-        check_engine_record({**rec, "tensorrt_version": "8.6.2"}, "10.3.0", GPU)
-    with pytest.raises(EngineIncompatible, match="not portable across GPUs"):
-        check_engine_record(rec, "10.3.0", {"name": "Orin", "compute_capability": "8.7"})
-    with pytest.raises(EngineIncompatible, match="not portable across GPUs"):
-        check_engine_record(rec, "10.3.0", {"name": "FakeGPU", "compute_capability": "9.0"})
-    with pytest.raises(EngineIncompatible, match="lacks"):
-        check_engine_record({"file": "a.engine"}, "10.3.0", GPU)
+def test_engine_usable_here():
+    rec = engine_record("10.3.0")
+    assert engine_usable_here(rec, "10.3.0", GPU) is None
+    assert "TensorRT 8.6.2" in engine_usable_here(engine_record("8.6.2"), "10.3.0", GPU)
+    assert "not portable across GPUs" in engine_usable_here(rec, "10.3.0", {"name": "Orin", "compute_capability": "8.7"})
+    assert "not portable across GPUs" in engine_usable_here(rec, "10.3.0", {"name": "FakeGPU", "compute_capability": "9.0"})
+    with pytest.raises(ModelFolderError, match="lacks"):
+        EngineRecord.from_dict({"file": "a.engine"})
 
 
 # the runner with fakes ------------------------------------------------------------------
@@ -355,11 +354,13 @@ def test_binds_by_name_and_computes(fakes, tmp_path):
         np.testing.assert_allclose(r.to_host(out["z"]), f["x"] + 2 * f["y"], rtol=1e-6)
 
 
-def test_nested_list_feed_is_accepted(fakes, tmp_path):
+def test_feeds_of_another_dtype_are_refused(fakes, tmp_path):
+    """The tensor contract names the dtype; nothing is cast silently (one check for every backend)."""
     with make_runner(tmp_path) as r:
         f = feeds(1)
-        out = r.infer({"x": f["x"].tolist(), "y": f["y"].astype(np.float64)})  # cast to float32
-        np.testing.assert_allclose(r.to_host(out["z"]), f["x"] + 2 * f["y"], rtol=1e-6)
+        with pytest.raises(TensorContractError, match="'y' is float64, the stage takes float32"):
+            r.infer({"x": f["x"], "y": f["y"].astype(np.float64)})
+        np.testing.assert_allclose(r.to_host(r.infer(f)["z"]), f["x"] + 2 * f["y"], rtol=1e-6)
 
 
 def test_buffers_preallocated_at_max_shapes_once(fakes, tmp_path):
@@ -413,9 +414,9 @@ def test_shape_errors_are_clear(fakes, tmp_path):
         bad["y"] = bad["y"][:, :, :2]
         with pytest.raises(ValueError, match="input 'y' has shape \\(2, 2, 2\\).*axis 2 is 2, must be 3"):
             r.infer(bad)
-        with pytest.raises(KeyError, match="missing inputs \\['y'\\]"):
+        with pytest.raises(TensorContractError, match="missing inputs \\['y'\\]"):
             r.infer({"x": feeds(1)["x"]})
-        with pytest.raises(TypeError, match="float64 device tensor"):
+        with pytest.raises(TensorContractError, match="'x' is float64"):
             r.infer({"x": DeviceTensor(r._buffers["x"].ptr, (1, 2, 3), np.float64), "y": feeds(1)["y"]})
 
 
@@ -439,9 +440,8 @@ def test_profile_switching(fakes, tmp_path):
 
 
 def test_version_mismatch_fails_before_allocating(fakes, tmp_path):
-    rec = {"file": "toy.engine", "tensorrt_version": "8.6.1", "gpu": dict(GPU)}
     with pytest.raises(EngineIncompatible, match="rebuild with `python -m export.build` on this device"):
-        make_runner(tmp_path, record=rec).activate()
+        make_runner(tmp_path, record=engine_record("8.6.1")).activate()
     assert not fakes.cudart.device_mem and not fakes.trt.engines
 
 
@@ -450,7 +450,7 @@ def test_engine_not_matching_spec(fakes, tmp_path):
     cfg["order"] = ["z", "x", "w"]
     cfg["inputs"] = {"x": [-1, 2, 3], "w": [-1, 2, 3]}
     r = make_runner(tmp_path, cfg=cfg)
-    with pytest.raises(RuntimeError, match=r"inputs missing \['y'\], unexpected inputs \['w'\]"):
+    with pytest.raises(ModelFolderError, match=r"inputs missing \['y'\], unexpected inputs \['w'\]"):
         r.activate()
     assert not r.is_active and not fakes.cudart.device_mem  # released on failure
 

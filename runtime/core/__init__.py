@@ -1,0 +1,1 @@
+"""Infrastructure every product shares: tensor contract, model folder, session, backends, comparison, I/O."""

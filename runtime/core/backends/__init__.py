@@ -1,0 +1,145 @@
+"""Backends: which backend and which file each stage of a model folder runs from, and its runners.
+
+``onnxruntime`` runs the ONNX files (CPU; CUDA with onnxruntime-gpu),
+``tensorrt`` runs the ``.engine`` files, ``auto`` picks TensorRT when the
+folder has engines and TensorRT imports, else ONNX Runtime.
+
+``cpu_int8`` picks, for ONNX Runtime, between a stage's FP32 ONNX and its
+dynamic-INT8 variant (``<stage>.cpu-int8.onnx``, written by ``export.build
+--cpu-int8-stages`` where it passed the accuracy gate): ``"auto"`` uses the
+INT8 file of every stage that has one when the session runs on the CPU
+provider only, ``"on"`` requires them (an error if the folder has none, or
+with another backend), ``"off"`` always runs FP32. A file with full-range
+(8-bit) weights is never run on an x86 CPU without VNNI, whose INT8 GEMM
+saturates them (:mod:`runtime.core.backends.cpu_features`): ``"auto"`` runs
+that stage in FP32 with a warning, ``"on"`` is an error; rebuild there with
+``--cpu-int8-range reduced`` (what ``export.build`` picks by itself on such a CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from typing import Dict, Mapping, Optional, Sequence
+
+from runtime.core.backends.base import StageRunner
+from runtime.core.folder import ModelFolder
+from runtime.core.spec import StageSpec
+from runtime.errors import BackendUnavailable, UsageError
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+CPU_INT8_MODES = ("auto", "on", "off")
+CPU_INT8_HELP = ("ONNX Runtime on the CPU: run the stages built with export.build --cpu-int8-stages in "
+                 "dynamic INT8 (auto: when the folder has them; off: FP32 always)")
+
+
+def resolve_backend(backend: str, folder: ModelFolder, stages: Sequence[str]) -> str:
+    """The concrete backend for ``backend`` ("auto" resolved) or a clear error."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    has_engines = all(folder.stage(s).engine for s in stages)
+    if backend == "auto":
+        if has_engines and importlib.util.find_spec("tensorrt") is not None:
+            return "tensorrt"
+        return "onnxruntime"
+    if backend == "tensorrt" and not has_engines:
+        raise BackendUnavailable(
+            "this model folder has no TensorRT engines (built where TensorRT was absent: "
+            f"{folder.manifest.tensorrt.get('reason', 'unknown reason')}); rebuild it on the "
+            "device with `python -m export.build`, or use --backend onnxruntime"
+        )
+    return backend
+
+
+def onnx_variants(folder: ModelFolder, stages: Sequence[str], backend: str, cpu_int8: str,
+                  providers=None) -> Dict[str, str]:
+    """The ONNX variant (``"fp32"`` or ``"cpu-int8"``) each stage runs from on ONNX Runtime.
+
+    ``backend``: the resolved backend; ``providers``: ONNX Runtime providers
+    (None: the default ones). See the module docstring for ``cpu_int8``.
+    """
+    if cpu_int8 not in CPU_INT8_MODES:
+        raise UsageError(f"unknown cpu_int8 mode {cpu_int8!r}; choose one of {', '.join(CPU_INT8_MODES)}")
+    has = [s for s in stages if "cpu-int8" in folder.stage(s).files]
+    if cpu_int8 == "on":
+        if backend != "onnxruntime":
+            raise UsageError(f"cpu_int8='on' needs the onnxruntime backend (CPU), not {backend!r}")
+        if not has:
+            raise UsageError(
+                "cpu_int8='on' but this model folder has no dynamic-INT8 ONNX files: build it "
+                "with `python -m export.build ... --cpu-int8-stages image_encoder,memory_attention`, "
+                "or run FP32 (cpu_int8='off')")
+    use = cpu_int8 == "on"
+    if cpu_int8 == "auto" and backend == "onnxruntime" and has:
+        from runtime.core.backends.onnxruntime import default_providers
+
+        use = list(providers or default_providers()) == ["CPUExecutionProvider"]
+    if use:
+        has = _drop_saturating(folder, has, strict=cpu_int8 == "on")
+    return {s: "cpu-int8" if use and s in has else "fp32" for s in stages}
+
+
+def _drop_saturating(folder: ModelFolder, stages, strict: bool):
+    """``stages`` less those whose INT8 weights are full range on a CPU that saturates them."""
+    from runtime.core.backends.cpu_features import describe, saturates_full_range
+
+    full = [s for s in stages if not folder.stage(s).files["cpu-int8"].info.get("reduce_range", False)]
+    if not full or not saturates_full_range():
+        return list(stages)
+    msg = (f"the dynamic-INT8 files of {', '.join(full)} have full-range (8-bit) weights, which "
+           f"this CPU ({describe()}) saturates in ONNX Runtime's INT8 GEMM (wrong results); "
+           "rebuild them here with `python -m export.build ... --cpu-int8-stages STAGES "
+           "--cpu-int8-range reduced`")
+    if strict:
+        raise UsageError(f"cpu_int8='on': {msg}, or run FP32 (cpu_int8='off')")
+    warnings.warn(f"{msg}; running those stages in FP32", RuntimeWarning, stacklevel=4)
+    return [s for s in stages if s not in full]
+
+
+def open_runners(folder: ModelFolder, specs: Mapping[str, StageSpec], backend: str = "auto",
+                 threads: int = 0, providers=None, cpu_int8: str = "auto",
+                 variants: Optional[Mapping[str, str]] = None) -> Dict[str, StageRunner]:
+    """Create and activate one runner per stage of ``specs`` (all or nothing).
+
+    ``variants`` forces the ONNX variant of some stages (onnxruntime only);
+    otherwise ``cpu_int8`` decides (module docstring).
+    """
+    stages = tuple(specs)
+    kind = resolve_backend(backend, folder, stages)
+    runners: Dict[str, StageRunner] = {}
+    try:
+        if kind == "onnxruntime":
+            from runtime.core.backends.onnxruntime import OnnxRuntimeStageRunner
+
+            chosen = onnx_variants(folder, stages, kind, cpu_int8, providers)
+            chosen.update(variants or {})
+            for s in stages:
+                rec = folder.file_record(s, chosen[s])
+                runners[s] = OnnxRuntimeStageRunner(specs[s], folder.read_verified(rec), threads, providers,
+                                                    source=rec.file).activate()
+        else:
+            from runtime.core.backends.tensorrt import TensorRTStageRunner
+
+            # The first runner creates (and at deactivate frees) the CUDA stream
+            # the others share, so the whole chain runs on one stream; close
+            # runners in reverse order (see close_runners).
+            stream = None
+            for s in stages:
+                rec = folder.engine(s)
+                runners[s] = TensorRTStageRunner(specs[s], folder.read_verified(rec.file_record), rec,
+                                                 stream=stream).activate()
+                stream = runners[s].stream
+    except BaseException:
+        close_runners(runners)
+        raise
+    return runners
+
+
+def close_runners(runners: Mapping[str, StageRunner]) -> None:
+    """Deactivate runners in reverse order of creation (the stream owner last)."""
+    for r in reversed(list(runners.values())):
+        r.deactivate()
+
+
+__all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "CPU_INT8_HELP", "CPU_INT8_MODES", "StageRunner",
+           "onnx_variants", "open_runners", "resolve_backend"]

@@ -1,0 +1,95 @@
+"""The small interface every inference backend implements.
+
+A *stage runner* executes one exported sub-network (one ONNX file or one
+TensorRT engine). It follows Polygraphy's runner lifecycle: ``activate()``
+acquires sessions/contexts/buffers, ``deactivate()`` releases them, and the
+runner is a context manager. Tensors are always keyed by name, and every
+call is checked against the stage's tensor contract
+(:meth:`runtime.core.spec.StageSpec.check_feeds`: names, dtypes, shapes,
+axis ranges) here, once, for every backend.
+
+Values passed to :meth:`StageRunner.infer` may be NumPy arrays or tensors that
+the same backend returned earlier (device tensors for GPU backends), so that
+stages chain without host round trips. :meth:`to_host` turns any value into a
+NumPy array; :meth:`upload` makes a persistent backend-native copy of a host
+array (identity for host backends), used for cached reference memories.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Dict, Mapping, Tuple
+
+import numpy as np
+
+from runtime.core.spec import StageSpec
+
+
+def shape_and_dtype(value: Any) -> Tuple[Tuple[int, ...], str]:
+    """``(shape, dtype name)`` of a NumPy array or a backend tensor (anything with both)."""
+    if isinstance(value, np.ndarray):
+        return value.shape, value.dtype.name
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return tuple(value.shape), np.dtype(value.dtype).name
+    a = np.asarray(value)
+    return a.shape, a.dtype.name
+
+
+class StageRunner(abc.ABC):
+    """Runs one sub-network; inputs and outputs keyed by tensor name."""
+
+    backend_name: str = "abstract"
+
+    def __init__(self, spec: StageSpec, source: str = ""):
+        self.spec = spec
+        self.source = source  # the file it runs, for messages and reports
+        self.is_active = False
+        self.calls = 0  # number of infer() calls, for tests and profiling
+
+    # lifecycle -------------------------------------------------------------
+    def activate(self) -> "StageRunner":
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> "StageRunner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # inference -------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, Any]) -> Dict[str, Any]:
+        """Run the stage on ``feeds`` (exactly the spec's inputs, of its dtypes and shapes)."""
+        if not self.is_active:
+            raise RuntimeError(
+                f"{self.backend_name} runner for {self.spec.name!r} is not active; "
+                "call activate() or use it as a context manager"
+            )
+        axes = self.spec.check_feeds({k: shape_and_dtype(v) for k, v in feeds.items()})
+        self.calls += 1
+        return self._infer(feeds, axes)
+
+    def to_host(self, value: Any) -> np.ndarray:
+        """A NumPy copy (or view) of a value this runner accepts or returns."""
+        return np.asarray(value)
+
+    def upload(self, array: np.ndarray) -> Any:
+        """A persistent backend-native copy of ``array`` (identity on the host)."""
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, feeds: Mapping[str, Any], axes: Dict[str, int]) -> Dict[str, Any]:
+        """Run on checked ``feeds``; ``axes`` holds each dynamic axis' value."""

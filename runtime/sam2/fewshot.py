@@ -1,0 +1,225 @@
+"""The few-shot pipeline: chains the four stage runners (docs/inference-contract.md).
+
+``add_reference`` runs the image encoder, the mask decoder (object pointer)
+and the memory encoder once per reference and caches the results;
+``segment`` runs the image encoder once per frame, then memory attention and
+the mask decoder once per concept against the cached memories. Written once
+against :class:`runtime.core.backends.base.StageRunner`, so it is the same code
+for ONNX Runtime and TensorRT.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
+
+import numpy as np
+
+from runtime.core.session import EngineSession, Product
+from runtime.sam2.memory import pointer_pos_enc, select_memories, select_pointers
+from runtime.errors import InputError
+from runtime.core.images import image_to_float_rgb, threshold_logit
+from runtime.sam2.inputs import (
+    check_mask,
+    image_to_model_input,
+    logits_to_image,
+    mask_to_model_size,
+    scribble_to_points,
+)
+from runtime.sam2.results import ConceptResult, SegmentationResult
+from runtime.sam2.stages import FrameOutput, Sam2Stages
+
+
+class FewShotSegmenter(Product):
+    """k references (image + mask, clicks, box or scribble) per concept -> masks in new images.
+
+    >>> seg = FewShotSegmenter.load("engines/tiny-2.1-1024-fp16", backend="onnxruntime")
+    >>> seg.add_reference(image, mask, concept="dog")
+    >>> res = seg.segment(frame)            # res["dog"].mask, .logits, .iou
+
+    ``threshold``: the probability above which a pixel is in the mask.
+    """
+
+    def __init__(self, session: EngineSession, threshold: float = 0.5):
+        super().__init__(session)
+        self.stages = Sam2Stages(session)
+        self.size = self.stages.size
+        self.threshold = threshold
+        self._thr_logit = threshold_logit(threshold)
+        self._refs: "OrderedDict[str, List[FrameOutput]]" = OrderedDict()
+        self._feeds: Dict[str, Dict[str, Any]] = {}  # per concept, backend-native
+
+    def _release(self) -> None:
+        self._refs.clear()
+        self._feeds.clear()
+
+    @property
+    def concepts(self) -> List[str]:
+        return list(self._refs)
+
+    def num_references(self, concept: str) -> int:
+        return len(self._refs.get(concept, []))
+
+    def clear(self, concept: Optional[str] = None) -> None:
+        """Forget all references (or one concept's)."""
+        if concept is None:
+            self._refs.clear()
+            self._feeds.clear()
+        else:
+            self._refs.pop(concept, None)
+            self._feeds.pop(concept, None)
+
+    # ------------------------------------------------------------- references
+    def add_reference(self, image: np.ndarray, mask: Optional[np.ndarray] = None, *,
+                      points=None, labels=None, box=None, scribble: Optional[np.ndarray] = None,
+                      concept: str = "default") -> None:
+        """Encode one reference of ``concept`` (image ``[H,W,3]`` uint8 RGB).
+
+        The object is given by exactly one of: ``mask`` (``[H,W]`` bool), clicks
+        ``points`` (``[(x, y), ...]``, ``labels`` 1 foreground / 0 background,
+        default all 1), a ``box`` ``(x0, y0, x1, y1)`` (clicks may refine it),
+        or a ``scribble`` (``[H,W]`` bool stroke: its pixels become positive
+        clicks, as SANSA does; more pixels than the decoder's profile admits
+        are subsampled evenly, with a warning). Its memory is computed once
+        and cached.
+        """
+        if not isinstance(concept, str) or not concept:
+            raise InputError("concept must be a non-empty string")
+        given = [n for n, v in (("mask", mask), ("points/box", points if box is None else box),
+                                ("scribble", scribble)) if v is not None]
+        if not given:
+            raise InputError("add_reference needs a mask, points/box or a scribble")
+        if len(given) > 1:
+            raise InputError(f"give one of mask, points/box or scribble for a reference, not {' and '.join(given)}")
+        if labels is not None and points is None:
+            raise InputError("labels given without points")
+        rgb = image_to_float_rgb(image, "reference image")
+        st = self.stages
+        if mask is not None:
+            m = check_mask(mask, rgb.shape[:2])
+            enc = st.encode_image(rgb)
+            ref = st.mask_as_output(enc, (mask_to_model_size(m, self.size) > 0).astype(np.float32))
+            ref.maskmem = st.memory_from_low_res(enc, ref, binarize=False)
+        else:
+            if scribble is not None:
+                limit = st.axis_max("num_points")
+                points, n = scribble_to_points(scribble, rgb.shape[:2], limit)
+                labels = np.ones(len(points))
+                if n > limit:
+                    warnings.warn(
+                        f"scribble of concept {concept!r} has {n} stroke pixels; this model folder takes at "
+                        f"most {limit} prompt points, so {len(points)} evenly spaced ones are used "
+                        "(SANSA uses every pixel); rebuild with a larger num_points profile to use more",
+                        UserWarning, stacklevel=2)
+            coords, labs = st.prompt(points, labels, box, rgb.shape[:2])
+            enc = st.encode_image(rgb)
+            ref = st.heads(st.no_memory_feat(enc), enc, coords, labs, None, multimask=False)
+            ref.maskmem = st.memory_from_low_res(
+                enc, ref, binarize=st.cfg["binarize_mask_from_pts_for_mem_enc"])
+        self._refs.setdefault(concept, []).append(ref)
+        self._feeds.pop(concept, None)
+        k = len(self._refs[concept])
+        n_mem = int(st.cfg["num_maskmem"])
+        if k == n_mem + 1:
+            warnings.warn(
+                f"concept {concept!r} now has {k} references, but SAM2's memory attends to {n_mem} "
+                f"frames: the first reference and the {n_mem - 1} latest; the others only add "
+                "their object pointer (SANSA behaves the same; docs/inference-contract.md)",
+                UserWarning, stacklevel=2)
+
+    def _concept_feeds(self, concept: str) -> Dict[str, Any]:
+        """Memory-attention inputs for a concept, assembled once and kept backend-native."""
+        if concept in self._feeds:
+            return self._feeds[concept]
+        refs = self._refs[concept]
+        k = len(refs)
+        cfg, consts = self.stages.cfg, self.stages.consts
+        mems = select_memories(k, cfg["num_maskmem"])
+        ptrs = select_pointers(k, cfg["max_obj_ptrs_in_encoder"])
+        base_pos = consts["maskmem_pos_enc"][0]
+        tpos = consts["maskmem_tpos_enc"]
+        self._feeds[concept] = self.stages.upload_memory({
+            "mem_feats": np.stack([refs[j].maskmem for j, _ in mems]),
+            "mem_pos": np.stack([base_pos + tpos[t][:, None, None] for _, t in mems]),
+            "obj_ptrs": np.stack([refs[j].obj_ptr for j, _ in ptrs]),
+            "obj_ptr_pos": pointer_pos_enc([d for _, d in ptrs], k + 1, cfg, consts),
+        })
+        return self._feeds[concept]
+
+    # ----------------------------------------------------------------- target
+    def segment(self, image: np.ndarray) -> SegmentationResult:
+        """Masks of every concept in ``image`` (``[H,W,3]`` uint8 RGB)."""
+        if not self._refs:
+            raise InputError("segment() before any reference: call add_reference() first")
+        t0 = time.perf_counter()
+        return self._finish(t0, *self._encode(image))
+
+    def segment_stream(self, frames: Iterable[np.ndarray], pipelined: bool = True
+                       ) -> Iterator[SegmentationResult]:
+        """:meth:`segment` for each of ``frames``, in order, with the same results.
+
+        ``pipelined``: the image encoder of the next frame runs in a worker
+        thread while this frame's memory attention and mask decoder run (ONNX
+        Runtime releases the GIL while it computes), so a frame's latency
+        stays that of :meth:`segment` but the stream gains the overlap. Only
+        with the onnxruntime backend, whose stage outputs are fresh host
+        arrays; TensorRT runners reuse their output buffers and run in order.
+        A frame's ``timings["total"]`` is then its wall time since the
+        previous result, the figure frames/s is made of.
+        """
+        if not self._refs:
+            raise InputError("segment_stream() before any reference: call add_reference() first")
+        if not pipelined or self.backend != "onnxruntime":
+            for frame in frames:
+                yield self.segment(frame)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder") as pool:
+            it = iter(frames)
+            first = next(it, None)
+            if first is None:
+                return
+            pending = pool.submit(self._encode, first)
+            t_prev = time.perf_counter()
+            for frame in it:
+                encoded = pending.result()
+                pending = pool.submit(self._encode, frame)
+                res = self._finish(t_prev, *encoded)
+                t_prev = time.perf_counter()
+                yield res
+            yield self._finish(t_prev, *pending.result())
+
+    def _encode(self, image: np.ndarray):
+        """Pre-processing and the image encoder: ``(rgb [H,W,3] float, encoder outputs, timings)``."""
+        t0 = time.perf_counter()
+        rgb = image_to_float_rgb(image, "image")
+        x = image_to_model_input(rgb, self.size)
+        t1 = time.perf_counter()
+        enc = self.stages.runners["image_encoder"].infer({"image": x})
+        t2 = time.perf_counter()
+        return rgb, enc, {"preprocess": t1 - t0, "image_encoder": t2 - t1}
+
+    def _finish(self, t0: float, rgb: np.ndarray, enc: Mapping[str, Any],
+                enc_timings: Mapping[str, float]) -> SegmentationResult:
+        """Memory attention, mask decoder and post-processing of every concept on encoded ``rgb``."""
+        timings = {**enc_timings, "memory_attention": 0.0, "mask_decoder": 0.0, "postprocess": 0.0}
+        results = {}
+        st = self.stages
+        for concept in self._refs:
+            ta = time.perf_counter()
+            cond = st.condition(enc, self._concept_feeds(concept))
+            tb = time.perf_counter()
+            dec = st.decode(cond, enc, *st.no_points, None)
+            tc = time.perf_counter()
+            low, iou, ptr = st.select_multi(dec)
+            low, _ = st.gate(low, ptr, float(dec["object_score_logits"][0, 0]))
+            logits = logits_to_image(low, rgb.shape[:2])
+            results[concept] = ConceptResult(mask=logits > self._thr_logit, logits=logits, iou=iou)
+            td = time.perf_counter()
+            timings["memory_attention"] += tb - ta
+            timings["mask_decoder"] += tc - tb
+            timings["postprocess"] += td - tc
+        timings["total"] = time.perf_counter() - t0
+        return SegmentationResult(results, timings)

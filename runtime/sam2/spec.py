@@ -1,0 +1,137 @@
+"""The tensor contract of SAM2's four exported stages (see :mod:`runtime.core.spec`).
+
+Dynamic axes and their ranges:
+
+- ``batch``: images per call (image encoder, memory encoder, mask decoder).
+- ``num_mem``: spatial memories fed to memory attention (1 .. num_maskmem).
+- ``num_ptr``: object pointers fed to memory attention (1 .. max_obj_ptrs).
+- ``num_points``: prompt points per image in the mask decoder (>= 1; the
+  decoder appends SAM's own padding point inside the graph). Up to
+  :data:`MAX_PROMPT_POINTS`: SANSA prompts a reference with up to 20 clicks,
+  and a scribble with every pixel of its stroke (subsampled to fit).
+
+Memory attention gets two TensorRT profiles: one with exactly one memory and
+one pointer (a one-shot concept, and the first tracked frame), the other the
+whole range.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from runtime.core.spec import AxisRange, StageSpec, TensorSpec, check_image_size
+from runtime.errors import UsageError
+
+HIDDEN_DIM = 256  # SAM2 transformer width (FPN neck d_model)
+MEM_DIM = 64  # memory encoder output channels
+FEAT_S1_DIM = 64  # conv_s1 output channels (stride 8 features)
+FEAT_S0_DIM = 32  # conv_s0 output channels (stride 4 features)
+NUM_MASK_TOKENS = 4  # single-mask token + 3 multimask tokens
+BACKBONE_STRIDE = 16
+
+STAGES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
+
+# Ranges of the dynamic axes: (min, opt, max). Used for TensorRT profiles and
+# for validating feeds at run time.
+MAX_PROMPT_POINTS = 64
+DEFAULT_AXIS_RANGES: Dict[str, AxisRange] = {
+    "batch": (1, 1, 4),
+    "num_mem": (1, 7, 7),
+    "num_ptr": (1, 16, 16),
+    "num_points": (1, 2, MAX_PROMPT_POINTS),
+}
+
+
+def memory_attention_profiles(ranges: Dict[str, AxisRange]) -> Tuple[Dict[str, AxisRange], ...]:
+    """A one-memory, one-pointer bucket (1-shot, first tracked frame), then the full range."""
+    one = {"num_mem": (1, 1, 1), "num_ptr": (1, 1, 1)}
+    full = {k: ranges[k] for k in ("num_mem", "num_ptr")}
+    if full == one or any(full[k][0] > 1 for k in full):
+        return ()  # one profile spanning the ranges
+    return (one, full)
+
+
+def stage_specs(
+    image_size: int = 1024,
+    axis_ranges: Dict[str, AxisRange] | None = None,
+) -> Dict[str, StageSpec]:
+    """Tensor descriptions of the four sub-networks for a square ``image_size``.
+
+    Shapes at 1024: ``vision_feat [B,256,64,64]``, ``feat_s1 [B,64,128,128]``,
+    ``feat_s0 [B,32,256,256]``, mask logits ``[B,4,256,256]``.
+    """
+    check_image_size(image_size)
+    ranges = dict(DEFAULT_AXIS_RANGES)
+    ranges.update(axis_ranges or {})
+    e = image_size // BACKBONE_STRIDE  # embedding side (64 at 1024)
+    lo = 4 * e  # low-res mask side (256 at 1024)
+    f32, vision = "float32", (HIDDEN_DIM, e, e)
+
+    def pick(*names):
+        return {n: ranges[n] for n in names}
+
+    image_encoder = StageSpec(
+        "image_encoder",
+        inputs=(TensorSpec("image", ("batch", 3, image_size, image_size), f32),),
+        outputs=(
+            TensorSpec("vision_feat", ("batch",) + vision, f32),
+            TensorSpec("feat_s1", ("batch", FEAT_S1_DIM, 2 * e, 2 * e), f32),
+            TensorSpec("feat_s0", ("batch", FEAT_S0_DIM, lo, lo), f32),
+        ),
+        axis_ranges=pick("batch"),
+    )
+    memory_encoder = StageSpec(
+        "memory_encoder",
+        inputs=(
+            TensorSpec("vision_feat", ("batch",) + vision, f32),
+            TensorSpec("mask_logits", ("batch", 1, image_size, image_size), f32),
+        ),
+        outputs=(TensorSpec("maskmem_features", ("batch", MEM_DIM, e, e), f32),),
+        axis_ranges=pick("batch"),
+    )
+    memory_attention = StageSpec(
+        "memory_attention",
+        inputs=(
+            TensorSpec("vision_feat", (1,) + vision, f32),
+            TensorSpec("mem_feats", ("num_mem", MEM_DIM, e, e), f32),
+            TensorSpec("mem_pos", ("num_mem", MEM_DIM, e, e), f32),
+            TensorSpec("obj_ptrs", ("num_ptr", HIDDEN_DIM), f32),
+            TensorSpec("obj_ptr_pos", ("num_ptr", MEM_DIM), f32),
+        ),
+        outputs=(TensorSpec("conditioned_feat", (1,) + vision, f32),),
+        axis_ranges=pick("num_mem", "num_ptr"),
+        profiles=memory_attention_profiles(ranges),
+    )
+    mask_decoder = StageSpec(
+        "mask_decoder",
+        inputs=(
+            TensorSpec("image_embed", ("batch",) + vision, f32),
+            TensorSpec("feat_s1", ("batch", FEAT_S1_DIM, 2 * e, 2 * e), f32),
+            TensorSpec("feat_s0", ("batch", FEAT_S0_DIM, lo, lo), f32),
+            TensorSpec("point_coords", ("batch", "num_points", 2), f32),
+            TensorSpec("point_labels", ("batch", "num_points"), f32),
+            TensorSpec("mask_input", ("batch", 1, lo, lo), f32),
+            TensorSpec("has_mask_input", (1,), f32),
+        ),
+        outputs=(
+            TensorSpec("masks", ("batch", NUM_MASK_TOKENS, lo, lo), f32),
+            TensorSpec("iou_pred", ("batch", NUM_MASK_TOKENS), f32),
+            TensorSpec("obj_ptr", ("batch", NUM_MASK_TOKENS, HIDDEN_DIM), f32),
+            TensorSpec("object_score_logits", ("batch", 1), f32),
+        ),
+        axis_ranges=pick("batch", "num_points"),
+    )
+    return {
+        s.name: s for s in (image_encoder, memory_encoder, memory_attention, mask_decoder)
+    }
+
+
+def parse_stages(text) -> List[str]:
+    """``"a,b"`` / list / ``"all"`` -> the named SAM2 stages, in stage order (a clear error otherwise)."""
+    items = [x.strip() for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text or [])
+    if items == ["all"]:
+        return list(STAGES)
+    bad = [x for x in items if x not in STAGES]
+    if bad:
+        raise UsageError(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)} or 'all'")
+    return [x for x in STAGES if x in items]

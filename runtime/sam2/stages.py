@@ -1,0 +1,251 @@
+"""sam2's host logic between the four SAM2 stage runners of a session.
+
+Every flow built on a model folder (few-shot segmentation, the image predictor,
+the video tracker) goes through this class, so the pieces of sam2 that are
+Python control flow rather than graph (mask selection, object-score gating,
+prompt scaling, memory encoding, ``_use_mask_as_output``) exist once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from runtime.core.backends.base import StageRunner
+from runtime.core.session import EngineSession
+from runtime.errors import InputError, ModelFolderError, ProfileLimitError
+from runtime.sam2.inputs import image_to_model_input, mask_downsample
+from runtime.core.resize import resize_bilinear
+from runtime.sam2.spec import STAGES
+
+NO_OBJ_SCORE = -1024.0  # sam2's logit for "object absent"
+BINARIZED_LOGIT = 1e4  # sigmoid() of +-1e4 is exactly 1 / 0 in float32
+MASK_OUT_SCALE, MASK_OUT_BIAS = 20.0, -10.0  # sam2's _use_mask_as_output
+
+
+@dataclass
+class FrameOutput:
+    """sam2's per-object, per-frame output: what later frames' memory is made of.
+
+    ``low_res [S/4,S/4]`` mask logits (after gating), ``obj_ptr [256]``,
+    ``object_score`` the object-score logit, ``iou`` the predicted IoU, and
+    ``maskmem [64,S/16,S/16]`` once the memory encoder ran.
+    """
+
+    low_res: np.ndarray
+    obj_ptr: np.ndarray
+    object_score: float
+    iou: float
+    maskmem: Optional[np.ndarray] = None
+
+
+class Sam2Stages:
+    """sam2's host logic over a session's ``image_encoder``, ``memory_encoder``,
+    ``memory_attention`` and ``mask_decoder`` runners.
+
+    ``cfg`` is the manifest's ``model_config`` (sam2's flags), ``consts`` the
+    arrays of ``constants.npz``, ``size`` the square model input size S.
+    """
+
+    def __init__(self, session: EngineSession):
+        missing = [s for s in STAGES if s not in session.runners]
+        if missing:
+            raise ModelFolderError(f"{str(session.folder.path)!r} has no runners for the SAM2 stages {missing}")
+        self.session = session
+        self.cfg = session.manifest.model_config
+        self.consts = session.constants
+        self.size = int(self.cfg["image_size"])
+        e4 = self.size // 4
+        # Decoder prompt for "no prompt" (one padding point) and "no mask input".
+        self.no_points = (np.zeros((1, 1, 2), np.float32), -np.ones((1, 1), np.float32))
+        self.no_mask = np.zeros((1, 1, e4, e4), np.float32)
+
+    @property
+    def runners(self) -> Dict[str, StageRunner]:
+        return self.session.runners
+
+    def axis_max(self, axis: str) -> int:
+        """Largest size of a dynamic axis this model folder was built for."""
+        return self.session.axis_max(axis)
+
+    # ----------------------------------------------------------------- stages
+    def encode_image(self, rgb: np.ndarray) -> Dict[str, Any]:
+        """float RGB ``[H,W,3]`` in [0,1] -> encoder outputs (backend-native)."""
+        return self.runners["image_encoder"].infer({"image": image_to_model_input(rgb, self.size)})
+
+    def vision_on_host(self, enc: Mapping[str, Any]) -> np.ndarray:
+        """``vision_feat [1,256,S/16,S/16]`` as a host array."""
+        return self.runners["image_encoder"].to_host(enc["vision_feat"])
+
+    def no_memory_feat(self, enc: Mapping[str, Any]) -> np.ndarray:
+        """Features of a frame with no memory: ``vision_feat + no_mem_embed`` (sam2's
+        ``directly_add_no_mem_embed`` path)."""
+        return self.vision_on_host(enc) + self.consts["no_mem_embed"].reshape(1, -1, 1, 1)
+
+    def decode(self, image_embed, enc: Mapping[str, Any], coords: np.ndarray,
+               labels: np.ndarray, mask_input: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """Prompt encoder + mask decoder: every output as a host array (batch 1)."""
+        feeds = {
+            "image_embed": image_embed,
+            "feat_s1": enc["feat_s1"],
+            "feat_s0": enc["feat_s0"],
+            "point_coords": coords.astype(np.float32),
+            "point_labels": labels.astype(np.float32),
+            "mask_input": mask_input if mask_input is not None else self.no_mask,
+            "has_mask_input": np.array([1.0 if mask_input is not None else 0.0], np.float32),
+        }
+        r = self.runners["mask_decoder"]
+        return {k: r.to_host(v) for k, v in r.infer(feeds).items()}
+
+    def condition(self, enc: Mapping[str, Any], feeds: Mapping[str, Any]):
+        """Memory attention: the frame's features conditioned on ``feeds``
+        (``mem_feats``, ``mem_pos``, ``obj_ptrs``, ``obj_ptr_pos``); backend-native."""
+        r = self.runners["memory_attention"]
+        return r.infer(dict(feeds, vision_feat=enc["vision_feat"]))["conditioned_feat"]
+
+    def upload_memory(self, host: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+        """Memory-attention inputs (host arrays) -> backend-native, checked against the profiles."""
+        ranges = self.session.manifest.axis_ranges
+        for name, axis in (("mem_feats", "num_mem"), ("obj_ptrs", "num_ptr")):
+            n = len(host[name])
+            lo, _, hi = ranges[axis]
+            what = "memories" if axis == "num_mem" else "object pointers"
+            if n > hi:
+                raise ProfileLimitError(
+                    f"{n} {what} to attend to, but this model folder was built for at most {hi} "
+                    f"({axis}); prompt fewer frames or rebuild with larger profiles")
+            if n < lo:
+                raise ProfileLimitError(f"{n} {what} to attend to, but this model folder needs at least {lo} ({axis})")
+        r = self.runners["memory_attention"]
+        return {n: r.upload(np.ascontiguousarray(a, np.float32)) for n, a in host.items()}
+
+    def encode_memory(self, enc: Mapping[str, Any], high_res_logits: np.ndarray,
+                      score: float) -> np.ndarray:
+        """Memory encoder on ``[S,S]`` logits -> ``maskmem [64,S/16,S/16]``.
+
+        Adds ``no_obj_embed_spatial`` where the object is absent (SAM2.1).
+        """
+        r = self.runners["memory_encoder"]
+        out = r.infer({"vision_feat": enc["vision_feat"], "mask_logits": high_res_logits[None, None]})
+        maskmem = r.to_host(out["maskmem_features"])[0]
+        if "no_obj_embed_spatial" in self.consts and not score > 0:
+            maskmem = maskmem + self.consts["no_obj_embed_spatial"][:, None, None]
+        return maskmem.astype(np.float32)
+
+    def memory_from_low_res(self, enc: Mapping[str, Any], out: FrameOutput,
+                            binarize: bool) -> np.ndarray:
+        """sam2's ``_encode_new_memory`` from a stored low-res mask: plain bilinear
+        up to S, then binarised (masks from clicks, where the config says so) or
+        not (sigmoid of the logits, in the graph)."""
+        high = resize_bilinear(out.low_res, (self.size, self.size), antialias=False)
+        if binarize:
+            high = np.where(high > 0, BINARIZED_LOGIT, -BINARIZED_LOGIT).astype(np.float32)
+        return self.encode_memory(enc, high, out.object_score)
+
+    # ------------------------------------------------------- host-side logic
+    def select_single(self, dec: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, float, np.ndarray]:
+        """``multimask_output=False``: (low-res logits, iou, obj_ptr) of batch 0, with the
+        decoder's dynamic fallback to the best multimask output when unstable."""
+        masks, ious = dec["masks"][0], dec["iou_pred"][0]
+        i = 0
+        if self.cfg["dynamic_multimask_via_stability"]:
+            delta = self.cfg["dynamic_multimask_stability_delta"]
+            single = masks[0]
+            area_i = float(np.sum(single > delta))
+            area_u = float(np.sum(single > -delta))
+            stability = area_i / area_u if area_u > 0 else 1.0
+            if stability < self.cfg["dynamic_multimask_stability_thresh"]:
+                i = 1 + int(np.argmax(ious[1:]))
+        return masks[i], float(ious[i]), dec["obj_ptr"][0, 0]
+
+    def select_multi(self, dec: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, float, np.ndarray]:
+        """``multimask_output=True``: the best of masks 1..3 by predicted IoU."""
+        ious = dec["iou_pred"][0, 1:]
+        i = 1 + int(np.argmax(ious))
+        tok = i if self.cfg["use_multimask_token_for_obj_ptr"] else 0
+        return dec["masks"][0, i], float(dec["iou_pred"][0, i]), dec["obj_ptr"][0, tok]
+
+    def gate(self, low_res: np.ndarray, obj_ptr: np.ndarray, score: float):
+        """Object-score gating of mask and pointer (configs with the score head)."""
+        if not self.cfg["pred_obj_scores"]:
+            return low_res, obj_ptr
+        appearing = score > 0
+        if not appearing:
+            low_res = np.full_like(low_res, NO_OBJ_SCORE)
+        lam = (1.0 / (1.0 + np.exp(-score))) if self.cfg["soft_no_obj_ptr"] else float(appearing)
+        if self.cfg["fixed_no_obj_ptr"]:
+            obj_ptr = lam * obj_ptr
+        obj_ptr = obj_ptr + (1 - lam) * self.consts["no_obj_ptr"]
+        return low_res, obj_ptr.astype(np.float32)
+
+    def heads(self, image_embed, enc: Mapping[str, Any], coords: np.ndarray, labels: np.ndarray,
+              mask_input: Optional[np.ndarray], multimask: bool) -> FrameOutput:
+        """sam2's ``_forward_sam_heads``: decode, select, gate."""
+        dec = self.decode(image_embed, enc, coords, labels, mask_input)
+        low, iou, ptr = (self.select_multi if multimask else self.select_single)(dec)
+        score = float(dec["object_score_logits"][0, 0])
+        low, ptr = self.gate(low, ptr, score)
+        return FrameOutput(low.astype(np.float32), ptr.astype(np.float32), score, iou)
+
+    def mask_as_output(self, enc: Mapping[str, Any], hard: np.ndarray) -> FrameOutput:
+        """sam2's ``_use_mask_as_output`` for a 0/1 mask ``[S,S]`` at model size.
+
+        The mask itself becomes the output (``mask*20-10``, antialiased down to
+        S/4); the decoder runs only for the object pointer, with the mask as
+        its dense prompt. The object is present iff the mask is non-empty.
+        """
+        high = hard * np.float32(MASK_OUT_SCALE) + np.float32(MASK_OUT_BIAS)
+        low = resize_bilinear(high, (self.size // 4, self.size // 4), antialias=True)
+        dense = mask_downsample(hard, self.consts["mask_downsample_weight"],
+                                self.consts["mask_downsample_bias"])
+        dec = self.decode(enc["vision_feat"], enc, *self.no_points, dense)
+        _, _, ptr = self.select_single(dec)
+        present = bool(hard.any())
+        score = MASK_OUT_SCALE * float(present) + MASK_OUT_BIAS
+        if self.cfg["pred_obj_scores"]:
+            lam = float(present)
+            if self.cfg["fixed_no_obj_ptr"]:
+                ptr = lam * ptr
+            ptr = ptr + (1 - lam) * self.consts["no_obj_ptr"]
+        return FrameOutput(low.astype(np.float32), ptr.astype(np.float32), score, 1.0)
+
+    def prompt(self, points, labels, box, hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+        """User prompts in image pixels -> ``[1,P,2]`` model pixels and ``[1,P]`` labels.
+
+        A box becomes two corner points (labels 2, 3) placed before the clicks,
+        as sam2's predictors do.
+        """
+        coords, labs = [], []
+        if box is not None:
+            b = np.asarray(box, np.float32).reshape(-1)
+            if b.size != 4 or not (b[2] > b[0] and b[3] > b[1]):
+                raise InputError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}")
+            coords += [b[:2], b[2:]]
+            labs += [2, 3]
+        if points is not None:
+            p = np.asarray(points, np.float32)
+            if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
+                raise InputError(f"points must be a list of (x, y), got shape {p.shape}")
+            lab = np.ones(len(p)) if labels is None else np.asarray(labels)
+            if lab.shape != (len(p),):
+                raise InputError(f"{len(p)} points but {lab.size} labels; give one label per point")
+            if not np.isin(lab, (0, 1)).all():
+                raise InputError("point labels must be 1 (foreground) or 0 (background)")
+            coords += list(p)
+            labs += list(lab)
+        elif labels is not None:
+            raise InputError("labels given without points")
+        if not coords:
+            raise InputError("no prompt: give points (with labels) or a box")
+        c = np.asarray(coords, np.float32)
+        h, w = hw
+        if (c < 0).any() or (c[:, 0] > w).any() or (c[:, 1] > h).any():
+            raise InputError(f"prompt coordinates outside the {w}x{h} image: {c.tolist()}")
+        max_points = self.axis_max("num_points")
+        if len(c) > max_points:
+            raise ProfileLimitError(f"{len(c)} prompt points, but this model folder takes at most {max_points} "
+                                    "(num_points); give fewer points")
+        c = c * np.array([self.size / w, self.size / h], np.float32)
+        return c[None], np.asarray(labs, np.float32)[None]
