@@ -36,15 +36,14 @@ Samples = Dict[str, List[Dict[str, np.ndarray]]]
 
 
 class RecordingRunner:
-    """Proxy of a stage runner that keeps a host copy of every feed it runs."""
+    """Proxy of a stage runner that keeps a host copy of every feed it runs (dtype kept)."""
 
     def __init__(self, inner, sink: List[Dict[str, np.ndarray]]):
         self._inner = inner
         self._sink = sink
 
     def infer(self, feeds: Mapping[str, Any]) -> Dict[str, Any]:
-        self._sink.append({k: np.array(self._inner.to_host(v), dtype=np.float32, copy=True)
-                           for k, v in feeds.items()})
+        self._sink.append({k: np.array(self._inner.to_host(v), copy=True) for k, v in feeds.items()})
         return self._inner.infer(feeds)
 
     def __getattr__(self, name):

@@ -220,6 +220,7 @@ def write_random_checkpoints(
     adapters: Optional[AdapterConfig] = AdapterConfig(),
     seed: int = 0,
     ddp: bool = True,
+    object_score_bias: float = 0.0,
 ) -> Tuple[Path, Optional[Path]]:
     """Write seeded random weights in the authors' formats; returns the two paths.
 
@@ -227,11 +228,18 @@ def write_random_checkpoints(
     ``{"model": state_dict}`` as Meta's files are. The adapter file is what
     SANSA's ``main.py`` saves (:func:`write_sansa_checkpoint`), with DDP's
     ``module.`` prefix when ``ddp``, so tests exercise the real loader.
+    ``object_score_bias`` is added to the object-score head's last bias: with
+    random weights the score is nearly constant (for SAM2.0 negative, which
+    leaves every mask empty); a positive offset makes the random model see
+    objects, so that mask comparisons mean something.
     """
     out_dir = Path(out_dir)
     stock = build_model(choice, adapters, fewshot=False, seed=seed)
     randomize_(stock, seed)
     full = stock.state_dict()
+    if object_score_bias:
+        head = sorted(k for k in full if k.startswith("sam_mask_decoder.pred_obj_score_head.") and k.endswith(".bias"))
+        full[head[-1]] = full[head[-1]] + object_score_bias
     ad = adapter_state_dict(stock)
     sam2_path = save_checkpoint(
         out_dir / choice.checkpoint_name, {k: v for k, v in full.items() if k not in ad}

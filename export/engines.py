@@ -4,8 +4,8 @@ Where TensorRT or a GPU is absent this step records why and builds nothing;
 the ONNX files stay usable with the ONNX Runtime backend. An engine of a
 folder built from the same inputs is reused only when it is usable here
 (:func:`runtime.core.folder.engine_usable_here`: same TensorRT version and
-GPU, the check the runtime makes at load) and was built from the same file
-with the same options; otherwise it is rebuilt.
+GPU, the check the runtime makes at load) and was built strongly typed from
+the same file with the same profiles; otherwise it is rebuilt.
 """
 
 from __future__ import annotations
@@ -14,13 +14,19 @@ from typing import Callable, Optional
 
 from runtime.core.fileio import sha256_file
 from runtime.core.folder import EngineRecord, ModelFolder, engine_name, engine_usable_here
+from runtime.errors import ModelFolderError
 
 TIMING_CACHE_NAME = "timing.cache"
 
 
+def _profiles(spec) -> list:
+    """The profile ranges an engine was (or would be) built with, as recorded."""
+    return [{k: list(v) for k, v in p.items()} for p in spec.profile_ranges]
+
+
 def build_engines(folder: ModelFolder, previous: Optional[ModelFolder], *, skip: bool,
-                  keep_norm_fp32: bool, log: Callable[[str], None]) -> dict:
-    """Build one engine per stage of ``folder`` (from ``files[stage.precision]``, else its FP32 file).
+                  log: Callable[[str], None]) -> dict:
+    """Build one strongly typed engine per stage of ``folder``, from the file of the stage's precision.
 
     Fills each stage's ``engine`` record; returns the manifest's ``tensorrt``
     entry: ``{"built": bool, "reason": str, ...}``.
@@ -44,26 +50,27 @@ def build_engines(folder: ModelFolder, previous: Optional[ModelFolder], *, skip:
     info = {"built": True, "timing_cache": TIMING_CACHE_NAME, "engines": {}}
     for name, spec in folder.specs.items():
         stage = folder.stage(name)
-        variant = stage.precision if stage.precision in stage.files else "fp32"
-        src = stage.files[variant]
+        if stage.precision not in stage.files:
+            raise ModelFolderError(f"stage {name!r} is to run at {stage.precision} but has no "
+                                   f"{stage.precision} file to build its engine from; rebuild the folder")
+        src = stage.files[stage.precision]
         engine_path = folder.path / engine_name(name, stage.precision)
         prev = previous.manifest.stages[name].engine if previous and name in previous.manifest.stages else None
         if (prev and engine_path.is_file() and prev.sha256 == sha256_file(engine_path)
-                and prev.onnx_sha256 == src.sha256 and prev.precision == stage.precision
-                and prev.build.get("keep_norm_fp32") == (keep_norm_fp32 and stage.precision != "fp32")):
+                and prev.onnx_sha256 == src.sha256 and prev.built_from == stage.precision
+                and prev.build.get("strongly_typed") and prev.build.get("profiles_spec") == _profiles(spec)):
             why = engine_usable_here(prev, trt_version, gpu)
             if why is None:
                 log(f"[tensorrt] {name}: up to date, reusing {engine_path.name}")
                 stage.engine = prev
                 continue
             log(f"[tensorrt] {name}: rebuilding: {why}")
-        log(f"[tensorrt] {name}: building {stage.precision} engine from {src.file} (can take minutes) ...")
-        record = build_engine(folder.path / src.file, engine_path, spec, stage.precision,
-                              keep_norm_fp32=keep_norm_fp32, timing_cache=timing_cache, log=log)
+        log(f"[tensorrt] {name}: building a {stage.precision} engine from {src.file} (can take minutes) ...")
+        record = build_engine(folder.path / src.file, engine_path, spec, timing_cache=timing_cache, log=log)
         stage.engine = EngineRecord(
             file=engine_path.name, sha256=record.pop("sha256"), precision=stage.precision,
-            built_from=variant, onnx_sha256=src.sha256, tensorrt_version=record.pop("tensorrt_version"),
-            gpu=record.pop("gpu"), build={k: v for k, v in record.items() if k not in ("file", "precision")})
+            built_from=stage.precision, onnx_sha256=src.sha256, tensorrt_version=record.pop("tensorrt_version"),
+            gpu=record.pop("gpu"), build={**record, "profiles_spec": _profiles(spec)})
         info["engines"][name] = engine_path.name
         log(f"[tensorrt] {name}: built in {record.get('build_seconds', 0):.0f}s")
     return info

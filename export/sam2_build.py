@@ -173,8 +173,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
 
     from export.engines import build_engines
 
-    manifest.tensorrt = build_engines(folder, previous, skip=opts.skip_tensorrt,
-                                      keep_norm_fp32=True, log=log)
+    manifest.tensorrt = build_engines(folder, previous, skip=opts.skip_tensorrt, log=log)
     if manifest.status == "building":
         manifest.status = "complete"
     folder.write()

@@ -1,46 +1,51 @@
-"""Build TensorRT engines from the exported ONNX files, in small composable steps.
+"""Build TensorRT engines from the exported ONNX files: strongly typed, in small steps.
 
-The steps follow Polygraphy's ``network from ONNX -> config -> engine -> save``
-chain, as plain functions that take the ``tensorrt`` module explicitly (so each
-is testable with a fake module):
+An engine is exactly as precise as the ONNX file it is built from. TensorRT
+11 builds strongly typed networks only (no FP16/INT8 builder flags, no
+per-layer precision); 10.x has built them since 10.0, so one path serves
+JetPack 6's TensorRT 10.3 and today's 11.x: the FP32 file gives an FP32
+engine (TF32 allowed unless ``tf32=False``), the ``fp16`` file (FP16
+tensors, FP32 where the converter kept them) an FP16 engine, the Q/DQ
+``int8`` file an INT8 engine. No weak-typing API is used anywhere.
 
-1. :func:`create_network` + :func:`parse_onnx`: explicit-batch network from the
-   ONNX file; parser errors are reported with node index, name and operator.
-2. :func:`profile_shapes` (pure) + :func:`add_profile`: one optimisation
-   profile whose ``(min, opt, max)`` shapes come from the stage spec's
-   ``axis_ranges``: e.g. memory attention ``mem_feats`` ``(1|7|7, 64, 64, 64)``
-   at 1024 px with ``num_mem`` = (1, 7, 7).
-3. :func:`mark_fp32_layers`: in FP16/INT8 builds, normalisation layers (and
-   optionally softmax) are pinned to FP32: LayerNorm in Hiera/ViT encoders
-   overflows in FP16 (docs/platform-notes.md). Handled are TensorRT's
-   ``INormalizationLayer`` (ONNX opset >= 17 ``LayerNormalization``) and the
-   decomposed pattern (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div).
-4. :func:`configure`: precision flags (FP16; INT8 only for explicit
-   quantization, i.e. Q/DQ nodes in the ONNX, with FP16 fallback), workspace,
-   precision constraints, TF32, and the timing cache.
+The steps take the ``tensorrt`` module explicitly (the conformance tests run
+them against the real bindings of each supported version):
+
+1. :func:`create_network`: a ``STRONGLY_TYPED`` network definition;
+2. :func:`parse_onnx`: the ONNX file into it (parser errors with node and operator);
+3. :func:`profile_shapes` (pure) + :func:`add_profiles`: one optimisation
+   profile per entry of the stage spec's :attr:`~runtime.core.spec.StageSpec.profile_ranges`;
+4. :func:`configure`: workspace, TF32, the timing cache, the profiles;
 5. :func:`build_engine`: all of the above, ``build_serialized_network``, an
    atomic write of the engine and the timing cache, and the record that goes
-   into the manifest (checked by the runtime at load time).
+   into the manifest (checked by the runtime at load time and before reuse).
 
-Target: TensorRT 8.6 .. 10.x. ``tensorrt`` is imported lazily; without it,
-:func:`build_engine` raises :class:`~runtime.core.backends.base.BackendUnavailable`.
+Why not Polygraphy's loaders (``NetworkFromOnnxPath(strongly_typed=True)``,
+``CreateConfig``, ``EngineFromNetwork``): the strongly typed path needs the
+same dozen TensorRT members from 10.3 to 11.4, which the project checks
+against the real bindings of each version in CI; Polygraphy would add a
+dependency whose own calls into TensorRT could not be checked the same way.
+For debugging a build by hand, ``polygraphy run stage.onnx --trt --onnxrt``
+remains the tool to reach for (it is not a dependency of this project).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from runtime.core.backends import cuda
-from runtime.errors import BackendUnavailable, Sam2EdgeError
-from runtime.core.backends.tensorrt import load_tensorrt, major_version, trt_logger
+from runtime.core.backends.tensorrt import load_tensorrt, trt_logger
 from runtime.core.fileio import sha256_file, write_bytes_atomic
-from runtime.core.spec import StageSpec
+from runtime.core.spec import AxisRange, StageSpec
+from runtime.errors import BackendUnavailable, ModelFolderError, Sam2EdgeError
 
-PRECISIONS = ("fp32", "fp16", "int8")
 Shape = Tuple[int, ...]
 ShapeRange = Tuple[Shape, Shape, Shape]
+# TensorRT's DataType names for the dtypes a stage's tensors can have.
+TRT_DTYPES = {"float32": "FLOAT", "float16": "HALF", "int64": "INT64", "int32": "INT32", "uint8": "UINT8",
+              "bool": "BOOL"}
 
 
 class EngineBuildError(Sam2EdgeError):
@@ -64,38 +69,21 @@ def tensorrt_status() -> Tuple[bool, str]:
 
 
 # 1. network --------------------------------------------------------------------------
-def create_network(trt: Any, logger: Any) -> Tuple[Any, Any]:
-    """``(builder, network)``: an explicit-batch, weakly typed network.
-
-    TensorRT 8.x needs the ``EXPLICIT_BATCH`` flag; 10.x is always explicit
-    batch and deprecates the flag, so it is only set before 10.
-    """
-    builder = trt.Builder(logger)
-    flags = 0
-    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    if explicit is not None and major_version(trt.__version__) < 10:
-        flags |= 1 << int(explicit)
+def create_network(trt: Any, builder: Any) -> Any:
+    """A strongly typed network definition (every tensor's type comes from the ONNX graph)."""
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     if network is None:
         raise EngineBuildError("TensorRT could not create a network definition")
-    return builder, network
+    return network
 
 
 def _parser_error_text(err: Any) -> str:
     parts = [f"{err.code()}: {err.desc()}"]
     node = err.node()
     if node is not None and int(node) >= 0:
-        where = f"node #{node}"
-        for attr, fmt in (("node_name", " {!r}"), ("node_operator", " ({})")):
-            getter = getattr(err, attr, None)  # TensorRT >= 8.6 / 10
-            value = getter() if callable(getter) else None
-            if value:
-                where += fmt.format(value)
-        parts.append(where)
-    try:
-        parts.append(f"[{err.file()}:{err.line()} {err.func()}]")
-    except Exception:
-        pass
+        parts.append(f"node #{node} {err.node_name()!r} ({err.node_operator()})")
+    parts.append(f"[{err.file()}:{err.line()} {err.func()}]")
     return " ".join(parts)
 
 
@@ -106,7 +94,7 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: str | Path) -> An
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX file {str(onnx_path)!r} not found; export it first")
+        raise ModelFolderError(f"ONNX file {str(onnx_path)!r} not found; export it first")
     parser = trt.OnnxParser(network, logger)
     ok = parser.parse_from_file(str(onnx_path))
     errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -117,48 +105,52 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: str | Path) -> An
 
 
 # 2. profiles -----------------------------------------------------------------------
-def profile_shapes(spec: StageSpec, input_names: Optional[Iterable[str]] = None) -> Dict[str, ShapeRange]:
+def profile_shapes(spec: StageSpec, ranges: Optional[Mapping[str, AxisRange]] = None,
+                   input_names: Optional[Sequence[str]] = None) -> Dict[str, ShapeRange]:
     """``{input: (min, opt, max)}`` for the spec's inputs with dynamic axes.
 
-    Each dynamic axis takes its ``(min, opt, max)`` from ``spec.axis_ranges``;
+    Each dynamic axis takes its ``(min, opt, max)`` from ``ranges`` (default:
+    ``spec.axis_ranges``; an axis a bucket leaves out keeps its full range);
     fixed dims stay. ``input_names`` restricts the result (default: all).
     """
+    ranges = {**spec.axis_ranges, **(ranges or {})}
     wanted = set(spec.input_names if input_names is None else input_names)
     shapes: Dict[str, ShapeRange] = {}
     for t in spec.inputs:
         if t.name not in wanted or not t.dynamic_axes:
             continue
-        missing = [a for a in t.dynamic_axes.values() if a not in spec.axis_ranges]
+        missing = [a for a in t.dynamic_axes.values() if a not in ranges]
         if missing:
             raise ValueError(f"stage {spec.name!r}: no range for dynamic axes {missing} of {t.name!r}")
-        shapes[t.name] = tuple(
-            t.concrete_shape({a: r[k] for a, r in spec.axis_ranges.items()}) for k in range(3)
-        )
+        shapes[t.name] = tuple(t.concrete_shape({a: r[k] for a, r in ranges.items()}) for k in range(3))
     return shapes
 
 
-def _network_inputs(network: Any) -> Dict[str, Shape]:
-    return {
-        network.get_input(i).name: tuple(int(d) for d in network.get_input(i).shape)
-        for i in range(network.num_inputs)
-    }
+def _network_inputs(trt: Any, network: Any) -> Dict[str, Tuple[Shape, Any]]:
+    out = {}
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        out[t.name] = (tuple(int(d) for d in t.shape), t.dtype)
+    return out
 
 
-def check_network_inputs(network_inputs: Dict[str, Shape], spec: StageSpec) -> List[str]:
-    """Names of the network inputs that need a profile; raise if ONNX and spec disagree."""
+def check_network_inputs(trt: Any, network_inputs: Mapping[str, Tuple[Shape, Any]], spec: StageSpec) -> List[str]:
+    """Names of the network inputs that need a profile; raise if ONNX and spec disagree (names, dtypes, dims)."""
     problems, dynamic = [], []
     missing = [n for n in spec.input_names if n not in network_inputs]
     extra = [n for n in network_inputs if n not in spec.input_names]
     if missing or extra:
         problems.append(f"inputs missing from the ONNX {missing}, not in the spec {extra}")
-    for name, shape in network_inputs.items():
+    for name, (shape, dtype) in network_inputs.items():
         if name not in spec.input_names:
             continue
-        want = spec.input(name).shape
-        if len(shape) != len(want):
-            problems.append(f"{name!r}: ONNX rank {len(shape)}, spec {want}")
+        t = spec.input(name)
+        if dtype != getattr(trt.DataType, TRT_DTYPES[t.dtype]):
+            problems.append(f"{name!r}: ONNX type {dtype}, spec {t.dtype}")
+        if len(shape) != len(t.shape):
+            problems.append(f"{name!r}: ONNX rank {len(shape)}, spec {t.shape}")
             continue
-        for i, (got, w) in enumerate(zip(shape, want)):  # got < 0: dynamic in the ONNX
+        for i, (got, w) in enumerate(zip(shape, t.shape)):  # got < 0: dynamic in the ONNX
             if got >= 0 and isinstance(w, int) and got != w:
                 problems.append(f"{name!r} axis {i}: ONNX has {got}, spec {w}")
             elif got >= 0 and isinstance(w, str):
@@ -166,119 +158,41 @@ def check_network_inputs(network_inputs: Dict[str, Shape], spec: StageSpec) -> L
         if any(d < 0 for d in shape):
             dynamic.append(name)
     if problems:
-        raise ValueError(
+        raise ModelFolderError(
             f"the ONNX inputs of stage {spec.name!r} do not match its spec: " + "; ".join(problems)
-            + "; re-export the ONNX with this version of export/"
-        )
+            + "; re-export the ONNX with this version of export/")
     return dynamic
 
 
-def add_profile(trt: Any, builder: Any, config: Any, network: Any, spec: StageSpec) -> List[Dict]:
-    """Add one optimisation profile from the spec; return it as a manifest record.
+def add_profiles(trt: Any, builder: Any, config: Any, network: Any, spec: StageSpec) -> List[Dict]:
+    """One optimisation profile per entry of ``spec.profile_ranges``; returns them as manifest records.
 
-    The record is ``[{input: {"min": [...], "opt": [...], "max": [...]}}]``
-    (a list: one entry per profile, so buckets can be added later); empty
-    when the network has no dynamic input.
+    A record is ``{input: {"min": [...], "opt": [...], "max": [...]}}`` per
+    profile; the list is empty when the network has no dynamic input.
     """
-    dynamic = check_network_inputs(_network_inputs(network), spec)
+    dynamic = check_network_inputs(trt, _network_inputs(trt, network), spec)
     if not dynamic:
         return []
-    ranged = profile_shapes(spec, dynamic)
-    shapes: Dict[str, ShapeRange] = {}
-    for name in dynamic:
-        if name in ranged:
-            shapes[name] = ranged[name]
-        else:  # the spec fixes every axis but the ONNX left one open: min = opt = max
-            fixed = spec.input(name).concrete_shape({})
-            shapes[name] = (fixed, fixed, fixed)
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)
-    if config.add_optimization_profile(profile) < 0:
-        raise EngineBuildError(f"TensorRT rejected the optimisation profile {shapes}")
-    return [{n: {"min": list(r[0]), "opt": list(r[1]), "max": list(r[2])} for n, r in shapes.items()}]
+    records = []
+    for ranges in spec.profile_ranges:
+        ranged = profile_shapes(spec, ranges, dynamic)
+        shapes: Dict[str, ShapeRange] = {}
+        for name in dynamic:
+            if name in ranged:
+                shapes[name] = ranged[name]
+            else:  # the spec fixes every axis but the ONNX left one open: min = opt = max
+                fixed = spec.input(name).concrete_shape({})
+                shapes[name] = (fixed, fixed, fixed)
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        if config.add_optimization_profile(profile) < 0:
+            raise EngineBuildError(f"TensorRT rejected the optimisation profile {shapes}")
+        records.append({n: {"min": list(r[0]), "opt": list(r[1]), "max": list(r[2])} for n, r in shapes.items()})
+    return records
 
 
-# 3. precision ------------------------------------------------------------------------
-def _as(trt: Any, layer: Any, class_name: str) -> Any:
-    """Downcast a generic ``ILayer`` so that type-specific attributes (``op``) are visible.
-
-    ``network.get_layer`` returns the base class; Polygraphy downcasts the same way.
-    """
-    cls = getattr(trt, class_name, None)
-    if cls is not None and not isinstance(layer, cls):
-        try:
-            layer.__class__ = cls
-        except TypeError:
-            pass
-    return layer
-
-
-def _float_outputs(trt: Any, layer: Any) -> bool:
-    floats = {trt.float32, trt.float16}
-    return layer.num_outputs > 0 and all(
-        layer.get_output(k).dtype in floats for k in range(layer.num_outputs)
-    )
-
-
-def mark_fp32_layers(trt: Any, network: Any, *, norm: bool = True, softmax: bool = False) -> List[str]:
-    """Pin normalisation layers (and optionally softmax) to FP32; return their names.
-
-    Marked if ``norm``: ``NORMALIZATION`` layers; float ``REDUCE`` layers,
-    ``POW``, ``SQRT`` and the elementwise layers fed directly by a reduce or
-    sqrt (the ``x - mean``, ``var + eps`` and ``/ sqrt`` of a decomposed
-    LayerNorm). Marked if ``softmax``: ``SOFTMAX`` layers. The affine ``* gamma + beta`` stays in FP16.
-    Layers with non-float outputs (shape arithmetic) are never touched.
-    Effective only with the OBEY/PREFER_PRECISION_CONSTRAINTS flag (see :func:`configure`).
-    """
-    LT = trt.LayerType
-    seeds = set()  # names of tensors produced by marked reduce/sqrt layers
-    marked: List[str] = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if not _float_outputs(trt, layer):
-            continue
-        kind, seed = layer.type, False
-        if kind == LT.SOFTMAX:
-            take = softmax
-        elif not norm:
-            take = False
-        elif kind == LT.NORMALIZATION:
-            take = True
-        elif kind == LT.REDUCE:
-            take = seed = True
-        elif kind == LT.UNARY:
-            take = seed = _as(trt, layer, "IUnaryLayer").op == trt.UnaryOperation.SQRT
-        elif kind == LT.ELEMENTWISE:
-            inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
-            take = _as(trt, layer, "IElementWiseLayer").op == trt.ElementWiseOperation.POW or any(
-                t is not None and t.name in seeds for t in inputs
-            )
-        else:
-            take = False
-        if not take:
-            continue
-        layer.precision = trt.float32
-        for k in range(layer.num_outputs):
-            layer.set_output_type(k, trt.float32)
-            if seed:
-                seeds.add(layer.get_output(k).name)
-        if kind == LT.NORMALIZATION:  # its own knob (TensorRT >= 8.6); harmless if absent
-            try:
-                _as(trt, layer, "INormalizationLayer").compute_precision = trt.float32
-            except AttributeError:
-                pass
-        marked.append(layer.name)
-    return marked
-
-
-def network_has_qdq(trt: Any, network: Any) -> bool:
-    """True when the network holds Quantize/Dequantize layers (explicit quantization)."""
-    qdq = {trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE}
-    return any(network.get_layer(i).type in qdq for i in range(network.num_layers))
-
-
-# 4. config + timing cache -------------------------------------------------------------
+# 3. config + timing cache -------------------------------------------------------------
 def load_timing_cache(config: Any, path: Optional[Path], log: Callable[[str], None]) -> None:
     """Give ``config`` the cache stored at ``path`` (or an empty one) to fill during the build.
 
@@ -308,88 +222,48 @@ def save_timing_cache(config: Any, path: Path) -> None:
     write_bytes_atomic(path, cache.serialize())
 
 
-def configure(trt: Any, builder: Any, network: Any, spec: StageSpec, precision: str, *,
-              keep_norm_fp32: bool = True, keep_softmax_fp32: bool = False,
-              constraints: str = "prefer", tf32: bool = True, workspace_gib: float = 4.0,
-              timing_cache: Optional[Path] = None, log: Callable[[str], None] = print
-              ) -> Tuple[Any, Dict[str, Any]]:
-    """Builder config for ``precision``; returns ``(config, record)``.
+def configure(trt: Any, builder: Any, network: Any, spec: StageSpec, *, tf32: bool = True,
+              workspace_gib: float = 4.0, timing_cache: Optional[Path] = None,
+              log: Callable[[str], None] = print) -> Tuple[Any, Dict[str, Any]]:
+    """Builder config of a strongly typed build; returns ``(config, record)``.
 
-    ``constraints`` ("prefer" or "obey") is how strictly TensorRT must honour
-    the FP32 pins: "obey" fails the build if a pinned layer has no FP32 kernel,
-    "prefer" falls back with a warning. ``tf32=False`` keeps FP32 builds
-    bit-faithful (a reference for accuracy checks).
+    ``tf32=False`` keeps FP32 layers bit-faithful (a reference for accuracy
+    checks); the tensor types themselves are the ONNX graph's.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if constraints not in ("prefer", "obey"):
-        raise ValueError(f"constraints must be 'prefer' or 'obey', got {constraints!r}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if not tf32:
         config.clear_flag(trt.BuilderFlag.TF32)
-    qdq = network_has_qdq(trt, network)
-    if precision == "int8":
-        if not qdq:
-            raise ValueError(
-                f"int8 requested for {spec.name!r} but its ONNX has no QuantizeLinear/"
-                "DequantizeLinear nodes; quantize it first (explicit Q/DQ: implicit "
-                "calibration is deprecated since TensorRT 10.1 and not supported here)"
-            )
-        config.set_flag(trt.BuilderFlag.INT8)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    pinned: List[str] = []
-    if precision != "fp32" and (keep_norm_fp32 or keep_softmax_fp32):
-        pinned = mark_fp32_layers(trt, network, norm=keep_norm_fp32, softmax=keep_softmax_fp32)
-        if pinned:
-            flag = "OBEY_PRECISION_CONSTRAINTS" if constraints == "obey" else "PREFER_PRECISION_CONSTRAINTS"
-            config.set_flag(getattr(trt.BuilderFlag, flag))
-        log(f"{spec.name}: {len(pinned)} layers pinned to FP32 ({constraints})")
-    profiles = add_profile(trt, builder, config, network, spec)
+    profiles = add_profiles(trt, builder, config, network, spec)
     load_timing_cache(config, timing_cache, log)
-    record = {
-        "precision": precision,
-        "explicit_quantization": qdq,
-        "keep_norm_fp32": keep_norm_fp32 and precision != "fp32",
-        "keep_softmax_fp32": keep_softmax_fp32 and precision != "fp32",
-        "fp32_layers": len(pinned),
-        "precision_constraints": constraints if pinned else None,
-        "tf32": tf32,
-        "workspace_gib": workspace_gib,
-        "profiles": profiles,
-    }
-    return config, record
+    return config, {"strongly_typed": True, "tf32": tf32, "workspace_gib": workspace_gib, "profiles": profiles}
 
 
-# 5. build ------------------------------------------------------------------------
-def build_engine(onnx_path: str | Path, engine_path: str | Path, spec: StageSpec, precision: str,
-                 *, keep_norm_fp32: bool = True, timing_cache: Optional[Path] = None,
-                 workspace_gib: float = 4.0, log: Callable[[str], None] = print,
-                 keep_softmax_fp32: bool = False, constraints: str = "prefer",
-                 tf32: bool = True) -> Dict[str, Any]:
+# 4. build ------------------------------------------------------------------------
+def build_engine(onnx_path: str | Path, engine_path: str | Path, spec: StageSpec, *,
+                 timing_cache: Optional[Path] = None, workspace_gib: float = 4.0,
+                 tf32: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Build ``onnx_path`` into a serialized engine at ``engine_path`` (atomic write).
 
-    Returns the manifest record: ``file``, ``precision``, ``tensorrt_version``,
-    ``gpu`` ({name, compute_capability}), ``keep_norm_fp32``, ``profiles``,
-    ``build_seconds``, ``sha256``, ``bytes`` and the other build options.
-    Raises ``BackendUnavailable`` without TensorRT or a GPU, ``OnnxParseError``,
-    ``ValueError`` for ONNX/spec mismatches, ``EngineBuildError`` when
-    TensorRT's build fails. On any error no (partial) engine file is left.
+    Returns ``tensorrt_version``, ``gpu`` ({name, compute_capability}),
+    ``sha256``, ``bytes``, ``build_seconds`` and the build options
+    (:func:`configure`'s record). Raises ``BackendUnavailable`` without
+    TensorRT or a GPU, ``OnnxParseError``, ``ModelFolderError`` for ONNX/spec
+    mismatches, ``EngineBuildError`` when TensorRT's build fails. On any
+    error no (partial) engine file is left.
     """
     trt = load_tensorrt()
     cuda.require_device()
     engine_path = Path(engine_path)
     timing_cache = Path(timing_cache) if timing_cache is not None else None
     logger = trt_logger(trt)
-    builder, network = create_network(trt, logger)
+    builder = trt.Builder(logger)
+    network = create_network(trt, builder)
     parser = parse_onnx(trt, network, logger, onnx_path)
-    config, record = configure(
-        trt, builder, network, spec, precision, keep_norm_fp32=keep_norm_fp32,
-        keep_softmax_fp32=keep_softmax_fp32, constraints=constraints, tf32=tf32,
-        workspace_gib=workspace_gib, timing_cache=timing_cache, log=log,
-    )
-    log(f"{spec.name}: building {precision} engine with TensorRT {trt.__version__} ...")
+    config, record = configure(trt, builder, network, spec, tf32=tf32, workspace_gib=workspace_gib,
+                               timing_cache=timing_cache, log=log)
+    log(f"{spec.name}: building a strongly typed engine from {Path(onnx_path).name} with TensorRT "
+        f"{trt.__version__} ...")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
@@ -397,18 +271,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec: StageSpec
     if serialized is None:
         raise EngineBuildError(
             f"TensorRT could not build an engine for {spec.name!r} from {str(onnx_path)!r} "
-            "(see TensorRT's log above)"
-        )
-    write_bytes_atomic(engine_path, serialized)
+            "(see TensorRT's log above)")
+    write_bytes_atomic(engine_path, memoryview(serialized))
     if timing_cache is not None:
         save_timing_cache(config, timing_cache)
     log(f"{spec.name}: wrote {engine_path.name} in {seconds:.1f} s")
-    return {
-        "file": engine_path.name,
-        "tensorrt_version": trt.__version__,
-        "gpu": cuda.gpu_record(),
-        **record,
-        "build_seconds": round(seconds, 3),
-        "sha256": sha256_file(engine_path),
-        "bytes": engine_path.stat().st_size,
-    }
+    return {"tensorrt_version": trt.__version__, "gpu": cuda.gpu_record(), **record,
+            "build_seconds": round(seconds, 3), "sha256": sha256_file(engine_path),
+            "bytes": engine_path.stat().st_size}

@@ -73,19 +73,12 @@ def stock_sam2(root: Path, version: str):
     and for SAM2.0 negative, which would leave every mask empty), exported with
     ``--stock-sam2 --no-adapters`` from that file.
     """
-    import torch
-
     from export.assembly import write_random_checkpoints
     from export.build import main
     from export.models import ModelChoice
 
     choice = ModelChoice("tiny", version, SMALL)
-    ckpt, _ = write_random_checkpoints(choice, root / "ckpt", adapters=None, seed=0)
-    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
-    head = sorted(k for k in blob["model"]
-                  if k.startswith("sam_mask_decoder.pred_obj_score_head.") and k.endswith(".bias"))
-    blob["model"][head[-1]] += 2.0
-    torch.save(blob, ckpt)
+    ckpt, _ = write_random_checkpoints(choice, root / "ckpt", adapters=None, seed=0, object_score_bias=2.0)
     engines = root / "engines"
     assert main(["--precision", "fp32", "--model", "tiny", "--sam2-version", version,
                  "--image-size", str(SMALL), "--stock-sam2", "--no-adapters",

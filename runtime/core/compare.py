@@ -146,6 +146,9 @@ class ProbabilityGate:
 
 # The one table of gates (where each is applied: export parity, precision builds, dense checks).
 FP32_PARITY = StageGate(max_rel_l2=1e-5)          # every stage, ONNX Runtime vs PyTorch
+# FP32 TensorRT engines (TF32 allowed: 10-bit mantissa products) vs the FP32 ONNX file on ONNX Runtime.
+ENGINE_FP32_STAGE = StageGate(max_rel_l2=1e-2, min_cosine=0.9999)
+ENGINE_FP32_END_TO_END = MaskGate(min_mean_iou=0.99, min_worst_iou=0.97)
 REDUCED_STAGE = StageGate(min_cosine=0.99)        # an FP16/INT8 stage vs its FP32 file
 REDUCED_END_TO_END = MaskGate(min_mean_iou=0.95, min_worst_iou=0.90)  # masks vs the FP32 pipeline
 DENSE_FP16 = ProbabilityGate(max_abs=0.02, min_iou=0.98)              # dense maps, FP16 vs FP32

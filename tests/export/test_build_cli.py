@@ -3,8 +3,6 @@
 import json
 import os
 
-import pytest
-import torch
 
 from export.build import main
 from export.models import ModelChoice

@@ -1,6 +1,5 @@
 """Real-format checkpoints: written, loaded by the real loader, exported, same outputs."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -152,33 +152,22 @@ def test_bad_options_fail_with_a_message(tmp_path, capsys, args, message):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_engines_are_built_per_part_precision(tmp_path, monkeypatch):
-    """--split --fp32-parts: each part's engine is built at that part's precision, from its file."""
+def test_a_part_without_the_file_of_its_precision_is_refused(tmp_path, monkeypatch):
+    """Engines are built from the file of each part's precision; none is built from another file."""
     import shutil
 
     import export.trt_build as trt_build
     from export.engines import build_engines
     from runtime.core.backends import cuda, tensorrt as trt_backend
+    from runtime.errors import ModelFolderError
 
     d = tmp_path / "unext"
     shutil.copytree(built("unext-split-fp16"), d)
     folder = ModelFolder.read(d)
-    calls = []
-
-    def fake_build_engine(onnx_path, engine_path, spec, precision, **kw):
-        calls.append((spec.name, precision, onnx_path.name, engine_path.name))
-        engine_path.write_bytes(b"engine")
-        return {"file": engine_path.name, "tensorrt_version": "10.3.0", "gpu": {"name": "Orin"},
-                "sha256": "0" * 64, "precision": precision, "build_seconds": 1.0}
-
     monkeypatch.setattr(trt_build, "tensorrt_status", lambda: (True, "TensorRT 10.3.0 on Orin"))
-    monkeypatch.setattr(trt_build, "build_engine", fake_build_engine)
     monkeypatch.setattr(trt_backend, "load_tensorrt", lambda: type("trt", (), {"__version__": "10.3.0"}))
     monkeypatch.setattr(cuda, "gpu_record", lambda: {"name": "Orin", "compute_capability": "8.7"})
-    info = build_engines(folder, None, skip=False, keep_norm_fp32=True, log=lambda m: None)
-    assert calls == [("sam_encoder", "fp16", "sam_encoder.onnx", "sam_encoder.fp16.engine"),
-                     ("dino_encoder", "fp32", "dino_encoder.onnx", "dino_encoder.fp32.engine"),
-                     ("decoder", "fp16", "decoder.onnx", "decoder.fp16.engine")]
-    assert info["engines"] == {"sam_encoder": "sam_encoder.fp16.engine", "dino_encoder": "dino_encoder.fp32.engine",
-                               "decoder": "decoder.fp16.engine"}
-    assert folder.stage("dino_encoder").engine.precision == "fp32"
+    for st in folder.manifest.stages.values():
+        st.files.pop("fp16", None)
+    with pytest.raises(ModelFolderError, match="'sam_encoder' is to run at fp16 but has no fp16 file"):
+        build_engines(folder, None, skip=False, log=lambda m: None)

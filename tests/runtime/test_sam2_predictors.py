@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.models import ModelChoice
 from runtime.sam2.predictor import ImagePredictor
 from runtime.errors import InputError
 from runtime.sam2.tracker import VideoTracker

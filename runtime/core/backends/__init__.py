@@ -1,8 +1,11 @@
 """Backends: which backend and which file each stage of a model folder runs from, and its runners.
 
 ``onnxruntime`` runs the ONNX files (CPU; CUDA with onnxruntime-gpu),
-``tensorrt`` runs the ``.engine`` files, ``auto`` picks TensorRT when the
-folder has engines and TensorRT imports, else ONNX Runtime.
+``tensorrt`` runs the ``.engine`` files, ``auto`` picks TensorRT where it can
+actually run this folder here (engines for every stage, a supported TensorRT,
+a usable GPU, engines built for this TensorRT and GPU), else ONNX Runtime,
+with a warning that says why when TensorRT was installed or the folder has
+engines.
 
 ``cpu_int8`` picks, for ONNX Runtime, between a stage's FP32 ONNX and its
 dynamic-INT8 variant (``<stage>.cpu-int8.onnx``, written by ``export.build
@@ -39,8 +42,16 @@ def resolve_backend(backend: str, folder: ModelFolder, stages: Sequence[str]) ->
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     has_engines = all(folder.stage(s).engine for s in stages)
     if backend == "auto":
-        if has_engines and importlib.util.find_spec("tensorrt") is not None:
+        installed = importlib.util.find_spec("tensorrt") is not None
+        if not (has_engines or installed):
+            return "onnxruntime"  # nothing suggests TensorRT here: no warning
+        from runtime.core.backends.tensorrt import why_not_runnable
+
+        why = why_not_runnable(folder, stages)
+        if why is None:
             return "tensorrt"
+        warnings.warn(f"backend 'auto' runs ONNX Runtime: TensorRT cannot run this folder here: {why}",
+                      RuntimeWarning, stacklevel=4)
         return "onnxruntime"
     if backend == "tensorrt" and not has_engines:
         raise BackendUnavailable(

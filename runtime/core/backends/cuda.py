@@ -102,7 +102,11 @@ def device_status() -> Tuple[bool, str]:
         rt = cudart()
     except BackendUnavailable as e:
         return False, str(e)
-    result = rt.cudaGetDeviceCount()
+    try:
+        result = rt.cudaGetDeviceCount()
+    except Exception as e:  # cuda-python 12.2 without a driver: RuntimeError("Failed to dlopen libcuda.so.1")
+        return False, (f"no usable CUDA device: cuda-python could not reach the driver "
+                       f"({type(e).__name__}: {e}); an NVIDIA GPU and its driver are needed")
     if int(result[0]) != 0:
         return False, (
             f"no usable CUDA device: cudaGetDeviceCount failed with {_error_text(result[0])}; "

@@ -1,9 +1,12 @@
 """TensorRT stage runner: one engine, name-bound tensors, preallocated buffers.
 
-Target API: TensorRT 8.6 .. 10.x, the name-based tensor API
-(``num_io_tensors`` / ``get_tensor_name`` / ``set_input_shape`` /
-``set_tensor_address`` / ``execute_async_v3``). Device memory goes through
-:mod:`runtime.core.backends.cuda` (cuda-python); nothing here allocates per call.
+Supported TensorRT: :data:`SUPPORTED` (10.0 up to 11.x: JetPack 6's 10.3 and
+what ``pip install tensorrt`` gives today), checked against the real Python
+bindings of 10.3, 10.16 and 11.4 in CI (``tests/trt_api``). The runner uses
+the name-based tensor API (``num_io_tensors`` / ``get_tensor_name`` /
+``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``). Device
+memory goes through :mod:`runtime.core.backends.cuda` (cuda-python); nothing
+here allocates per call.
 
 Lifecycle (see :class:`~runtime.core.backends.base.StageRunner`):
 
@@ -47,11 +50,16 @@ ShapeRange = Tuple[Shape, Shape, Shape]  # (min, opt, max)
 REBUILD_HINT = "rebuild with `python -m export.build` on this device"
 
 TENSORRT_INSTALL_HINT = (
-    "TensorRT's Python package `tensorrt` is needed: on Jetson it comes with JetPack "
-    "(apt install python3-libnvinfer); on x86 with an NVIDIA GPU, "
-    "`pip install tensorrt` (the wheel is fetched from NVIDIA's index). It cannot be "
+    "TensorRT's Python package `tensorrt` is needed: on Jetson it comes with JetPack 6 "
+    "(TensorRT 10.3: apt install python3-libnvinfer); on an x86 machine with an NVIDIA GPU, "
+    "`pip install -e '.[tensorrt-cu13]'` (TensorRT 11, CUDA 13 driver) or "
+    "`pip install -e '.[tensorrt-cu12]'` (TensorRT 10.x, CUDA 12 driver). It cannot be "
     "installed on machines without an NVIDIA GPU; use the onnxruntime backend there"
 )
+# [min, max) (major, minor) of the TensorRT versions this project builds and runs engines with:
+# 10.0 is the first with both the strongly typed networks and the name-based (v3) tensor API the
+# code uses; 12 is unreleased (its API is unchecked).
+SUPPORTED = ((10, 0), (12, 0))
 
 
 # tensorrt module ------------------------------------------------------------------
@@ -61,12 +69,46 @@ def load_tensorrt() -> Any:
         import tensorrt  # noqa: PLC0415 (guarded: absent on machines without a GPU)
     except ImportError as e:
         raise BackendUnavailable(f"TensorRT is not importable here ({e}). {TENSORRT_INSTALL_HINT}") from e
-    if version_tuple(tensorrt.__version__) < MIN_TENSORRT:
+    v = version_tuple(tensorrt.__version__)
+    lo, hi = SUPPORTED
+    if v < lo:
         raise BackendUnavailable(
-            f"TensorRT {tensorrt.__version__} is too old: this project needs TensorRT >= "
-            f"{MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} (tested API: 8.6 .. 10.x); JetPack 6 ships 10.3"
-        )
+            f"TensorRT {tensorrt.__version__} is too old: this project builds strongly typed engines "
+            f"and needs TensorRT >= {lo[0]}.{lo[1]} (JetPack 6 ships 10.3; JetPack 5's 8.5 lacks strongly "
+            "typed networks and LayerNormalization in its ONNX parser). Upgrade TensorRT, or use the "
+            "onnxruntime backend")
+    if v >= hi:
+        raise BackendUnavailable(
+            f"TensorRT {tensorrt.__version__} is newer than this project supports (< {hi[0]}.{hi[1]}; its "
+            "API was checked against 10.3 .. 11.4): install TensorRT 11.x "
+            "(`pip install -e '.[tensorrt-cu13]'`), or use the onnxruntime backend")
     return tensorrt
+
+
+def why_not_runnable(folder, stages: Sequence[str]) -> Optional[str]:
+    """Why the TensorRT backend cannot run ``stages`` of ``folder`` here, or None if it can.
+
+    Checks, cheapest first: every stage has an engine, TensorRT imports and is
+    in the supported window, a CUDA device is usable, and every engine was
+    built with this TensorRT for this GPU (:func:`runtime.core.folder.engine_usable_here`).
+    """
+    missing = [s for s in stages if folder.stage(s).engine is None]
+    if missing:
+        return (f"the folder has no TensorRT engines for {missing} (built where TensorRT could not run: "
+                f"{folder.manifest.tensorrt.get('reason', 'no reason recorded')})")
+    try:
+        trt = load_tensorrt()
+    except BackendUnavailable as e:
+        return str(e)
+    ok, why = cuda.device_status()
+    if not ok:
+        return why
+    gpu = cuda.gpu_record()
+    for s in stages:
+        why = engine_usable_here(folder.stage(s).engine, trt.__version__, gpu)
+        if why:
+            return f"{why} ({REBUILD_HINT})"
+    return None
 
 
 _LOGGERS: Dict[int, Any] = {}
@@ -80,10 +122,6 @@ def trt_logger(trt: Any) -> Any:
     return _LOGGERS[key]
 
 
-def major_version(version: str) -> int:
-    return version_tuple(version)[0]
-
-
 def version_tuple(version: str) -> Tuple[int, int]:
     """``(major, minor)`` of a version string such as ``"10.3.0"``; ``(0, 0)`` if unreadable."""
     try:
@@ -91,9 +129,6 @@ def version_tuple(version: str) -> Tuple[int, int]:
         return int(major), int(minor)
     except ValueError:
         return 0, 0
-
-
-MIN_TENSORRT = (8, 5)  # the name-based tensor API (set_input_shape, execute_async_v3)
 
 
 # pure helpers (unit-tested without TensorRT) ----------------------------------------
