@@ -1,13 +1,14 @@
-"""Explicit INT8 (Q/DQ ONNX) calibration, FP16 numerics checks and accuracy gates.
+"""Reduced precision in the graph: FP16 and Q/DQ INT8 files, their calibration and accuracy gates.
 
-- :mod:`calib.episodes`  calibration set: a folder of few-shot episodes, or generated ones
-- :mod:`calib.record`    run the FP32 pipeline, record every stage's real inputs (cached)
-- :mod:`calib.quantize`  Q/DQ INT8 ONNX per stage (onnxruntime.quantization), for TensorRT
-- :mod:`calib.dynamic`   dynamic INT8 ONNX per stage for ONNX Runtime on CPUs (``--cpu-int8``)
-- :mod:`calib.fp16`      FP16 numerics in ONNX Runtime CPU (norms/softmax/reductions kept fp32)
-- :mod:`calib.report`    per-stage and end-to-end accuracy vs FP32; ``python -m calib.report``
-- :mod:`calib.gates`     accuracy gates and a mixed-precision suggestion when they fail
-- :func:`calib.build.build_int8`  the single entry point ``export.build --precision int8`` calls
+- :mod:`calib.episodes`   few-shot episodes: the folder layout, or generated ones
+- :mod:`calib.workloads`  what each folder kind is calibrated and gated on (episodes; prompts + clips; images)
+- :mod:`calib.record`     run the FP32 pipeline, record every stage's real inputs (cached on disk)
+- :mod:`calib.fp16`       FP16 ONNX files (normalisation, softmax in FP32) for strongly typed engines
+- :mod:`calib.quantize`   Q/DQ INT8 + FP16 ONNX files per stage for TensorRT, streamed calibration
+- :mod:`calib.dynamic`    dynamic INT8 ONNX per stage for ONNX Runtime on CPUs (``--cpu-int8-stages``)
+- :mod:`calib.report`     per-stage and end-to-end accuracy vs FP32; ``python -m calib.report``
+- :mod:`calib.gates`      accuracy gates and a mixed-precision suggestion when they fail
+- :mod:`calib.build`      the steps ``export.build`` calls (calibration, build_fp16, build_int8)
 """
 
 from calib.episodes import CalibrationDataError, Episode, generate_episodes, load_episodes

@@ -66,7 +66,7 @@ def _sort_key(k: str):
     return (0, int(k), "") if k.isdigit() else (1, 0, k)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     """Episode image -> ``[H,W,3]`` uint8 RGB (runtime.core.imageio), errors as CalibrationDataError."""
     try:
         return imageio.read_rgb(path)
@@ -74,7 +74,7 @@ def _read_image(path: Path) -> np.ndarray:
         raise CalibrationDataError(str(e)) from e
 
 
-def _read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path) -> np.ndarray:
     """Episode mask -> ``[H,W]`` bool, any non-zero pixel foreground."""
     try:
         return imageio.read_mask(path)
@@ -118,7 +118,7 @@ def load_episode(folder: Path) -> Episode:
             "reference image")
     references = []
     for k in sorted(refs, key=_sort_key):
-        img, mask = _read_image(refs[k]), _read_mask(masks[k])
+        img, mask = read_image(refs[k]), read_mask(masks[k])
         if mask.shape != img.shape[:2]:
             raise CalibrationDataError(
                 f"{str(masks[k])!r} is {mask.shape[1]}x{mask.shape[0]} but its image "
@@ -128,7 +128,7 @@ def load_episode(folder: Path) -> Episode:
         if mask.all():
             raise CalibrationDataError(f"{str(masks[k])!r} is all foreground: a mask needs background")
         references.append((img, mask))
-    tgts = [_read_image(targets[k]) for k in sorted(targets, key=_sort_key)]
+    tgts = [read_image(targets[k]) for k in sorted(targets, key=_sort_key)]
     return Episode(folder.name, references, tgts)
 
 
@@ -175,7 +175,7 @@ def save_episodes(calib_dir: str | Path, episodes: Sequence[Episode]) -> Path:
 
 
 # ------------------------------------------------------------------ synthetic
-def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A smooth random colour texture with some stripes and noise."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.zeros((h, w, 3), np.float32)
@@ -188,7 +188,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-def _shape_mask(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
+def shape_mask(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
     r = rng.uniform(0.12, 0.25) * min(h, w)
@@ -219,8 +219,8 @@ def generate_episodes(n: int, size: int = 256, refs: int = 2, targets: int = 2,
         def one():
             h = int(size * rng.uniform(0.8, 1.2))
             w = int(size * rng.uniform(0.8, 1.2))
-            img = _texture(rng, h, w)
-            m = _shape_mask(rng, kind, h, w)
+            img = texture(rng, h, w)
+            m = shape_mask(rng, kind, h, w)
             img[m] = colour + rng.normal(0, 0.04, (int(m.sum()), 3))
             return (np.clip(img, 0, 1) * 255).astype(np.uint8), m
 

@@ -3,9 +3,10 @@
 Per stage: every recorded input of the stage (see :mod:`calib.record`) goes
 through the FP32 ONNX and the variant; for each output, relative L2
 ``|a-b|/|a|`` (worst = max) and cosine similarity (worst = min) are taken.
-End to end: a :class:`FewShotSegmenter` with the variant runners swapped in
-segments every target of every episode; its masks are compared with the FP32
-masks (IoU; two empty masks count as 1); mean and worst are reported.
+End to end: the folder kind's workload (:mod:`calib.workloads`: few-shot
+episodes, or prompts and tracking clips) runs with the variant runners
+swapped in; its masks are compared with the FP32 masks (IoU; two empty masks
+count as 1); mean and worst are reported.
 
 CLI::
 
@@ -29,20 +30,19 @@ import numpy as np
 
 from runtime.core.compare import compare_runners, mask_iou
 from runtime.core.folder import ModelFolder
-from runtime.sam2.spec import STAGES
 
 REPORT_KEY = "report"
 
 
-def evaluate(folder: ModelFolder, episodes, samples, fp32_logits: Sequence[np.ndarray],
-             variants: Mapping[str, Any], precisions: Mapping[str, str], progress: bool = False) -> dict:
+def evaluate(folder: ModelFolder, workload, samples, fp32_logits: Sequence[np.ndarray],
+             variants: Mapping[str, Any], precisions: Mapping[str, str]) -> dict:
     """Per-stage and end-to-end accuracy of one precision setting vs FP32.
 
     ``variants[stage]``: an ONNX path or an active runner for each reduced
     stage; ``precisions[stage]``: its label ("int8", "fp16", ...). Every
     runner this opens is closed again; given runners are closed too.
     """
-    from calib.record import _progress, open_segmenter, run_episode
+    from calib.record import open_session
     from runtime.core.backends.onnxruntime import OnnxRuntimeStageRunner
 
     specs = folder.specs
@@ -50,46 +50,45 @@ def evaluate(folder: ModelFolder, episodes, samples, fp32_logits: Sequence[np.nd
     def runner(stage, model):
         if hasattr(model, "infer"):
             return model
-        return OnnxRuntimeStageRunner(specs[stage], model, 0, ["CPUExecutionProvider"]).activate()
+        return OnnxRuntimeStageRunner(specs[stage], model, 0, ["CPUExecutionProvider"], arena=False).activate()
 
     stages: Dict[str, dict] = {}
-    runners = {s: runner(s, v) for s, v in variants.items()}
-    for s in STAGES:
-        if s not in runners:
+    for s in specs:  # one stage at a time: two sessions open, not eight
+        if s not in variants:
             stages[s] = {"precision": "fp32", "rel_l2": 0.0, "cosine": 1.0}
             continue
         with runner(s, folder.read_verified(folder.file_record(s, "fp32"))) as ref:
-            stages[s] = {"precision": precisions.get(s, "reduced"), **compare_runners(ref, runners[s], samples[s])}
-    ious: List[float] = []
-    i = 0
-    with open_segmenter(folder, variants=runners) as seg:
-        for ep in _progress(episodes, len(episodes), "calib: end to end", progress):
-            for logits in run_episode(seg, ep):
-                ious.append(mask_iou(logits > 0, fp32_logits[i] > 0))
-                i += 1
-    e2e = {"mean_iou": float(np.mean(ious)), "worst_iou": float(np.min(ious)), "targets": len(ious)}
+            test = runner(s, variants[s])
+            stages[s] = {"precision": precisions.get(s, "reduced"), **compare_runners(ref, test, samples[s])}
+            if test is not variants[s]:
+                test.deactivate()
+    with open_session(folder, variants=variants) as session:
+        logits = workload.run(session)
+    ious = [mask_iou(a > 0, b > 0) for a, b in zip(logits, fp32_logits)]
+    e2e = {"mean_iou": float(np.mean(ious)), "worst_iou": float(np.min(ious)), "targets": len(ious), "parts": {}}
+    start = 0
+    for name, n in workload.parts():
+        if n:
+            part = ious[start:start + n]
+            e2e["parts"][name] = {"mean_iou": float(np.mean(part)), "worst_iou": float(np.min(part)), "masks": n}
+        start += n
     return {"stages": stages, "e2e": e2e, "ious": ious}
 
 
 def evaluate_setup(folder: ModelFolder, calib_dir: Optional[Path], generated: int,
-                   cache_dir: Optional[Path], log, progress: bool = True) -> dict:
-    """Episodes + recorded FP32 inputs + an ``evaluate(variants, precisions)`` closure."""
-    from calib.episodes import generate_episodes, load_episodes
+                   cache_dir: Optional[Path], log) -> dict:
+    """The folder kind's workload + recorded FP32 inputs + an ``evaluate(variants, precisions)`` closure."""
     from calib.record import record_stage_inputs
+    from calib.workloads import workload_for
 
-    if calib_dir is not None:
-        episodes = load_episodes(calib_dir)
-        desc = f"{len(episodes)} episodes from {calib_dir}"
-    else:
-        episodes = generate_episodes(generated, size=folder.manifest.image_size)
-        desc = f"{len(episodes)} generated synthetic episodes (not representative of real data)"
-    log(f"[calib] {desc}")
-    samples, fp32_logits = record_stage_inputs(folder, episodes, cache_dir, log, progress)
+    workload = workload_for(folder.manifest.kind, calib_dir, folder.manifest.image_size, generated)
+    log(f"[calib] {workload.desc}")
+    samples, fp32_logits = record_stage_inputs(folder, workload, cache_dir, log)
 
     def run(variants, precisions):
-        return evaluate(folder, episodes, samples, fp32_logits, variants, precisions)
+        return evaluate(folder, workload, samples, fp32_logits, variants, precisions)
 
-    return {"episodes": episodes, "episodes_desc": desc, "samples": samples,
+    return {"workload": workload, "episodes_desc": workload.desc, "samples": samples,
             "fp32_logits": fp32_logits, "evaluate": run}
 
 
@@ -106,9 +105,13 @@ def format_table(result: dict, gates=None) -> str:
     e = result["e2e"]
     ok = not g.e2e.failures(e["mean_iou"], e["worst_iou"])
     lines.append("-" * 72)
-    lines.append(f"end to end mask IoU vs FP32 over {e['targets']} targets: mean {e['mean_iou']:.4f} "
+    lines.append(f"end to end mask IoU vs FP32 over {e['targets']} masks: mean {e['mean_iou']:.4f} "
                  f"(gate {g.e2e.min_mean_iou}), worst {e['worst_iou']:.4f} (gate {g.e2e.min_worst_iou})"
                  f"  {'ok' if ok else 'FAIL'}")
+    parts = e.get("parts", {})
+    if len(parts) > 1:
+        lines += [f"  {name}: mean {p['mean_iou']:.4f}, worst {p['worst_iou']:.4f} over {p['masks']}"
+                  for name, p in parts.items()]
     return "\n".join(lines)
 
 
@@ -131,13 +134,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 formatter_class=HelpFormatter)
     p.add_argument("--model-dir", type=Path, required=True, help="model folder (export.build)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--episodes", type=Path, help="calibration episodes folder (calib/episodes.py)")
-    src.add_argument("--generated", type=int, default=6, help="use N generated synthetic episodes")
+    src.add_argument("--episodes", type=Path,
+                     help="calibration data of the folder's kind (layouts: calib/workloads.py)")
+    src.add_argument("--generated", type=int, default=6, help="use N generated synthetic episodes / images")
     p.add_argument("--int8-stages", default="image_encoder",
                    help="comma-separated stages to quantize ('all' for every stage; '' for none)")
     p.add_argument("--method", default="entropy", help="calibration: entropy, minmax or percentile")
     p.add_argument("--fp16", action="store_true",
-                   help="also measure every stage at FP16 (norms in FP32) in ONNX Runtime CPU")
+                   help="also write every stage's FP16 file (calib.fp16) into DIR/calib_work and measure it")
     p.add_argument("--no-suggest", action="store_true", help="do not search a passing mixed setting")
     p.add_argument("--write-manifest", action="store_true",
                    help="store the tables in manifest.json (checks -> report)")
@@ -171,13 +175,15 @@ def _report(a) -> int:
                 print("suggestion: " + sug["text"])
                 report["suggestion"] = sug
     if a.fp16:
-        from calib.fp16 import fp16_runner
+        from calib.fp16 import write_fp16
 
-        runners = {s: fp16_runner(folder.specs[s], folder.path / folder.file_record(s, "fp32").file,
-                                  work, mode="emulated") for s in STAGES}
-        res = ctx["evaluate"](runners, {s: "fp16 (" + runners[s].fp16_mode.split(" ")[0] + ")"
-                                        for s in STAGES})
-        print("\nFP16 (all stages; LayerNorm/reductions FP32) vs FP32\n" + format_table(res))
+        work.mkdir(exist_ok=True)
+        paths = {}
+        for s in folder.specs:
+            paths[s] = work / f"{s}.fp16.onnx"
+            write_fp16(folder.path / folder.file_record(s, "fp32").file, paths[s])
+        res = ctx["evaluate"](paths, {s: "fp16" for s in folder.specs})
+        print("\nFP16 files (calib.fp16) vs FP32\n" + format_table(res))
         report["fp16"] = {**res, **check(res)}
     if a.write_manifest:
         folder.manifest.checks[REPORT_KEY] = json_ready(report)

@@ -57,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SAM2 size ({', '.join(MODEL_NAMES)}; default: what the checkpoints are, else "
                         f"tiny), or {', '.join(DENSE_KINDS)} (dense models / encoder features)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="engine precision (fp16 keeps normalisation layers in fp32; int8 quantizes "
-                        "with calibration and an accuracy gate)")
+                   help="the precision of the files the engines are built from: fp16 writes "
+                        "<stage>.fp16.onnx (normalisation and softmax kept FP32), int8 Q/DQ INT8 files for "
+                        "--int8-stages and FP16 ones for the rest; each file is measured and gated")
+    p.add_argument("--calib", type=Path,
+                   help="fp16/int8/--cpu-int8-stages: the data the reduced-precision files are calibrated and "
+                        "gated on, in the layout of the folder's kind (few-shot episodes; stock SAM2: images "
+                        "with masks + clips; dense models: a folder of images; see calib/workloads.py); "
+                        "default: generated synthetic data")
     p.add_argument("--image-size", type=int, default=None,
                    help="square model input size, multiple of 32 (default: 1024; 352 for sam2-unet)")
     p.add_argument("--random-weights", action="store_true",
@@ -93,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stock-sam2", action="store_true",
                    help="keep the config's object-score head (plain SAM2 use: image predictor, video "
                         "tracker) instead of the few-shot overrides")
-    s.add_argument("--calib", type=Path,
-                   help="int8: folder of calibration episodes (see calib/episodes.py); default: generated")
+    s.add_argument("--max-prompt-frames", type=int, default=8, metavar="N",
+                   help="--stock-sam2: frames per object that may carry prompts when tracking (each is "
+                        "attended to on every frame: the memory-attention engines take N - 1 more memories)")
     s.add_argument("--int8-stages", default="image_encoder",
                    help="int8: comma-separated stages to quantize (or 'all'); the others stay fp16. The "
                         "build is refused (status failed) when the accuracy gate fails, with the mixed "

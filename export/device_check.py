@@ -8,9 +8,11 @@ with ``python -m export.build``, TensorRT engines included, then runs the same
 inputs through backend ``tensorrt`` and through ONNX Runtime's CPU provider on
 the folder's FP32 files:
 
-- ``FewShotSegmenter`` on synthetic episodes (references with masks, targets);
-- ``ImagePredictor`` with click, two-click and box prompts;
-- ``VideoTracker`` on a synthetic clip, a click and a box on frame 0.
+- few-shot folders: ``FewShotSegmenter`` on synthetic episodes (references
+  with masks, targets);
+- stock folders: ``ImagePredictor`` with a click, a box and both per object,
+  and ``VideoTracker`` on a synthetic clip prompted with a box
+  (:mod:`calib.workloads`, the same data the precision gates use).
 
 Per stage it prints the worst relative L2 and cosine of the engine's outputs
 against the FP32 ONNX file on the feeds the FP32 pipeline really gave that
@@ -32,65 +34,31 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from calib.record import RecordingRunner
 from runtime.core import compare
 from runtime.core.fileio import write_json_atomic
-from runtime.core.session import EngineSession, Product
+from runtime.core.folder import ModelFolder
+from runtime.core.session import EngineSession
 from runtime.errors import Sam2EdgeError
 
 NO_DEVICE = 4
 SIZE = 256
 PRECISIONS = ("fp32", "fp16", "int8")
-Masks = List[np.ndarray]
 
 
 # ---------------------------------------------------------------------- inputs
-def clip(num_frames: int = 8, size: int = SIZE, seed: int = 0) -> List[np.ndarray]:
-    """A synthetic video: a red disc moving right and a green diamond moving down over noise."""
-    frames = []
-    yy, xx = np.mgrid[:size, :size]
-    for t in range(num_frames):
-        rng = np.random.default_rng(seed + t)
-        img = (rng.random((size, size, 3)) * 40 + 60).astype(np.uint8)
-        img[(yy - 80) ** 2 + (xx - 60 - 3 * t) ** 2 < 30 ** 2] = (220, 40, 40)
-        img[np.abs(yy - 60 - 3 * t) + np.abs(xx - 180) < 25] = (30, 200, 60)
-        frames.append(img)
-    return frames
+def workload(kind: str):
+    """The synthetic workload of a folder kind (:mod:`calib.workloads`): 3 few-shot episodes, or
+    6 prompted images (click, box, both) and a tracking clip of 8 frames."""
+    from calib.workloads import workload_for
+
+    return workload_for(kind, None, SIZE, generated=3)
 
 
-def run_fewshot(product) -> Masks:
-    from calib.episodes import generate_episodes
-    from calib.record import run_episode
-
-    return [logits > 0 for ep in generate_episodes(3, SIZE, refs=2, targets=2, seed=1)
-            for logits in run_episode(product, ep)]
-
-
-PROMPTS = [dict(points=[[60, 80]], labels=[1]), dict(points=[[60, 80], [180, 60]], labels=[1, 0]),
-           dict(box=[150, 30, 210, 90])]
-
-
-def run_predictor(product) -> Masks:
-    product.set_image(clip(1)[0])
-    out = []
-    for p in PROMPTS:
-        masks, _, _ = product.predict(**{k: np.asarray(v, np.float32) for k, v in p.items()}, multimask=True)
-        out.extend(masks)
-    return out
-
-
-def run_tracker(product) -> Masks:
-    frames = clip()
-    product.add_prompt(0, 1, frames[0], points=[[60, 80]], labels=[1])
-    product.add_prompt(0, 2, frames[0], box=[150, 30, 210, 90])
-    return [f[o].mask for f in product.propagate(frames) for o in (1, 2)]
-
-
-# ------------------------------------------------------------------ measuring
 def median_ms(runner, samples: Sequence[Mapping[str, np.ndarray]], repeats: int = 5) -> float:
     """Median wall time of one ``infer`` (+ stream synchronise) over ``samples`` x ``repeats`` (1 warm-up)."""
     stream = getattr(runner, "stream", None)
@@ -106,32 +74,31 @@ def median_ms(runner, samples: Sequence[Mapping[str, np.ndarray]], repeats: int 
     return float(np.median(times)) if times else float("nan")
 
 
-def check_folder(path: Path, product_cls: type, workloads: Sequence[Tuple[str, Callable[[Product], Masks]]],
-                 precision: str, log: Callable[[str], None], backend: str = "tensorrt") -> Dict[str, Any]:
-    """Every workload on ``backend`` and on ONNX Runtime FP32 (CPU): per-stage and end-to-end figures."""
+def check_folder(path: Path, precision: str, log: Callable[[str], None], backend: str = "tensorrt") -> Dict[str, Any]:
+    """The folder kind's workload on ``backend`` and on ONNX Runtime FP32 (CPU): per-stage and end-to-end figures."""
     stage_gate, mask_gate = ((compare.ENGINE_FP32_STAGE, compare.ENGINE_FP32_END_TO_END) if precision == "fp32"
                              else (compare.REDUCED_STAGE, compare.REDUCED_END_TO_END))
-    fp32 = EngineSession.open(path, product=product_cls.__name__, backend="onnxruntime",
-                              providers=["CPUExecutionProvider"], cpu_int8="off")
-    trt = EngineSession.open(path, product=product_cls.__name__, backend=backend)
+    kind = ModelFolder.read(path).manifest.kind
+    work = workload(kind)
+    fp32 = EngineSession.open(path, kinds=(kind,), backend="onnxruntime", providers=["CPUExecutionProvider"],
+                              cpu_int8="off")
+    trt = EngineSession.open(path, kinds=(kind,), backend=backend)
     result: Dict[str, Any] = {"folder": str(path), "precision": precision, "stages": {}, "products": {},
                               "failures": []}
     try:
         samples: Dict[str, List[Dict[str, np.ndarray]]] = {s: [] for s in fp32.runners}
-        for name, run in workloads:
-            with fp32.wrapped(lambda s, r: RecordingRunner(r, samples[s])), product_cls(fp32) as product:
-                ref = run(product)
-            with product_cls(trt) as product:
-                got = run(product)
-            ious = [compare.mask_iou(g, r) for g, r in zip(got, ref)]
-            mean, low = float(np.mean(ious)), float(np.min(ious))
-            fg = float(np.mean([r.mean() for r in ref]))
-            result["products"][name] = {"mean_iou": mean, "worst_iou": low, "masks": len(ious),
-                                        "fp32_foreground": fg}
-            bad = mask_gate.failures(mean, low)
-            result["failures"] += [f"{name}: {b}" for b in bad]
-            log(f"  {name:<17} mean IoU {mean:.4f}  worst {low:.4f}  over {len(ious)} masks "
-                f"(FP32 foreground {fg:.1%}){'  FAIL' if bad else ''}")
+        with fp32.wrapped(lambda s, r: RecordingRunner(r, samples[s])):
+            ref = [x > 0 for x in work.run(fp32)]
+        got = [x > 0 for x in work.run(trt)]
+        ious = [compare.mask_iou(g, r) for g, r in zip(got, ref)]
+        mean, low = float(np.mean(ious)), float(np.min(ious))
+        fg = float(np.mean([r.mean() for r in ref]))
+        name = {"sam2-fewshot": "FewShotSegmenter"}.get(kind, "ImagePredictor + VideoTracker")
+        result["products"][name] = {"mean_iou": mean, "worst_iou": low, "masks": len(ious), "fp32_foreground": fg}
+        bad = mask_gate.failures(mean, low)
+        result["failures"] += [f"{name}: {b}" for b in bad]
+        log(f"  {name:<17} mean IoU {mean:.4f}  worst {low:.4f}  over {len(ious)} masks "
+            f"(FP32 foreground {fg:.1%}){'  FAIL' if bad else ''}")
         for stage, feeds in samples.items():
             if not feeds:
                 continue
@@ -216,19 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             name = f"{'stock' if stock else 'fewshot'}-{precision}"
             folder = build_folder(out / name, precision, stock, print)
             print(f"[check] {name}: TensorRT vs ONNX Runtime FP32")
-            if stock:
-                from runtime.sam2.predictor import ImagePredictor
-                from runtime.sam2.tracker import VideoTracker
-
-                report["checks"].append(check_folder(folder, ImagePredictor, [("ImagePredictor", run_predictor)],
-                                                     precision, print))
-                report["checks"].append(check_folder(folder, VideoTracker, [("VideoTracker", run_tracker)],
-                                                     precision, print))
-            else:
-                from runtime.sam2.fewshot import FewShotSegmenter
-
-                report["checks"].append(check_folder(folder, FewShotSegmenter,
-                                                     [("FewShotSegmenter", run_fewshot)], precision, print))
+            report["checks"].append(check_folder(folder, precision, print))
         report["seconds"] = round(time.perf_counter() - start, 1)
         failures = [f"{c['folder']}: {f}" for c in report["checks"] for f in c["failures"]]
         report["failures"] = failures

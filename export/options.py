@@ -44,6 +44,7 @@ class BuildOptions:
     adapter_stages: Optional[str] = None
     channel_factor: Optional[float] = None
     stock_sam2: bool = False
+    max_prompt_frames: int = 8
     calib: Optional[Path] = None
     int8_stages: str = "image_encoder"
     cpu_int8_stages: str = ""
@@ -91,15 +92,50 @@ def fingerprint(desc: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def previous_folder(out: Path, fingerprint_now: str, force: bool) -> Optional[ModelFolder]:
-    """The folder already at ``out`` if it was built from the same inputs (its files may be reused)."""
-    if force:
-        return None
+def prepare_out(out: Path, fingerprint_now: str, force: bool, log: Log) -> Optional[ModelFolder]:
+    """Make ``out`` ready for a build; returns the folder there if built from the same inputs (for reuse).
+
+    Checks that ``out`` is (or can be) a writable folder, deletes the hidden
+    ``.part`` files a killed build left, and marks a manifest already there
+    ``status: building`` before any file is replaced, so that an interrupted
+    re-export never leaves a folder claiming to be complete over mixed files
+    (readers refuse it until a build finishes).
+    """
+    import os
+
+    from runtime.core.fileio import remove_stale_parts, write_json_atomic
+    from runtime.core.folder import MANIFEST_NAME
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder: give a folder to build into")
     try:
-        folder = ModelFolder.read(out)
-    except ModelFolderError:
-        return None
-    return folder if folder.manifest.fingerprint == fingerprint_now else None
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {str(out)!r} cannot be created ({e.strerror}): choose a writable location") from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {str(out)!r} is not writable by this user: choose a writable location")
+    stale = remove_stale_parts(out)
+    if stale:
+        log(f"[build] removed {len(stale)} partial file(s) an interrupted build left: {', '.join(stale[:3])}"
+            + (" ..." if len(stale) > 3 else ""))
+    previous = None
+    if not force:
+        try:
+            folder = ModelFolder.read(out)
+            previous = folder if folder.manifest.fingerprint == fingerprint_now else None
+        except ModelFolderError:
+            pass
+    mpath = out / MANIFEST_NAME
+    if mpath.exists():
+        try:
+            data = json.loads(mpath.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            data.update(status="building", status_reason=f"export.build started rebuilding it at {now()}")
+            write_json_atomic(mpath, data)
+        except (ValueError, OSError):  # unreadable: a new one is written at the end
+            mpath.unlink(missing_ok=True)
+    return previous
 
 
 def versions() -> Dict[str, str]:
@@ -110,6 +146,28 @@ def versions() -> Dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "sam2": version("sam2"),
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, in GiB (Linux/macOS ``getrusage``; 0 elsewhere)."""
+    try:
+        import resource
+        import sys as _sys
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 30 if _sys.platform == "darwin" else 1 << 20), 3)
+
+
+def finish(folder, t0: float, log: Log) -> None:
+    """Close a build: status, timing and peak memory into the manifest, the manifest written last."""
+    manifest = folder.manifest
+    if manifest.status == "building":
+        manifest.status = "complete"
+    seconds, peak = round(time.time() - t0, 1), peak_rss_gib()
+    manifest.checks["build"] = {"seconds": seconds, "peak_rss_gib": peak}
+    folder.write()
+    log(f"[done] {folder.path}/manifest.json ({manifest.status}) in {seconds:.1f}s, peak memory {peak:.2f} GiB")
 
 
 def now() -> str:

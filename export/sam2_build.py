@@ -5,22 +5,26 @@
 2. export and verify the four stages (:func:`export.onnx_export.export_stage`),
    reusing those whose files still match a folder built from the same inputs;
 3. host-side constants (``constants.npz``);
-4. reduced precision: Q/DQ INT8 (``--precision int8``) and dynamic INT8 for
-   ONNX Runtime on CPUs (``--cpu-int8-stages``), each measured and gated
-   (:func:`calib.build.build_int8`);
+4. reduced precision, each file measured against one recorded FP32 run of the
+   folder kind's workload and gated (:mod:`calib.build`): FP16 files
+   (``--precision fp16``, and under ``int8``), Q/DQ INT8 + FP16 files
+   (``--precision int8``), dynamic INT8 for ONNX Runtime on CPUs
+   (``--cpu-int8-stages``);
 5. TensorRT engines where TensorRT and a GPU are present (:func:`export.engines.build_engines`);
 6. the manifest, written last and atomically (:class:`runtime.core.folder.ModelFolder`).
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 
-from export.options import BuildOptions, Log, banner_random_weights, fingerprint, now, previous_folder, versions
+from export.options import (BuildOptions, Log, banner_random_weights, finish, fingerprint, now, prepare_out,
+                            versions)
 from runtime.core.fileio import atomic_path, sha256_file
 from runtime.core.folder import CONSTANTS_NAME, FileRecord, Manifest, ModelFolder, ModelRecord
 from runtime.core.spec import check_image_size
@@ -30,7 +34,6 @@ from runtime.sam2.spec import DEFAULT_AXIS_RANGES, STAGES, parse_stages, stage_s
 EXPORT_CODE_VERSION = 4  # bump when the exported graphs change meaning
 DEFAULT_IMAGE_SIZE = 1024
 # Prompted (conditioning) frames a stock-SAM2 tracker can attend to at once.
-MAX_PROMPT_FRAMES = 8
 DENSE_ONLY = ("checkpoint", "trunk", "dino_config", "dino_size", "fpn", "split", "fp32_parts", "no_fp16_check")
 
 
@@ -59,6 +62,11 @@ def parse_adapter_stages(text: str) -> tuple:
 def _validate(opts: BuildOptions) -> None:
     opts.validate_common()
     opts.refuse(DENSE_ONLY, "to SAM2 builds (they are options of --model sam2-unet|sam2-unext|features)")
+    if opts.given("max_prompt_frames") and not opts.stock_sam2:
+        raise UsageError("--max-prompt-frames is for --stock-sam2 folders (video tracking); few-shot folders "
+                         "attend to their references, see --help")
+    if opts.max_prompt_frames < 1:
+        raise UsageError(f"--max-prompt-frames must be >= 1, got {opts.max_prompt_frames}")
     check_image_size(opts.image_size or DEFAULT_IMAGE_SIZE)
     if opts.int8_stages:
         parse_stages(opts.int8_stages)
@@ -114,8 +122,8 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     ranges = dict(DEFAULT_AXIS_RANGES)
     ranges["batch"] = (1, 1, opts.max_batch)
     # Tracking (stock SAM2) attends to every prompted frame besides the recent
-    # ones: room for MAX_PROMPT_FRAMES conditioning frames in the profiles.
-    extra = MAX_PROMPT_FRAMES - 1 if opts.stock_sam2 else 0
+    # ones: room for --max-prompt-frames conditioning frames in the profiles.
+    extra = opts.max_prompt_frames - 1 if opts.stock_sam2 else 0
     ranges["num_mem"] = (1, model.num_maskmem, model.num_maskmem + extra)
     ranges["num_ptr"] = (1, model.max_obj_ptrs_in_encoder, model.max_obj_ptrs_in_encoder + extra)
     specs = stage_specs(choice.image_size, ranges)
@@ -128,8 +136,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
         "stock": opts.stock_sam2, "ckpt": {k: h for k, (_, h) in ckpts.items()},
         "random": [opts.random_weights, opts.seed if opts.random_weights else None],
         "ranges": ranges, "plain": opts.plain_export})
-    out.mkdir(parents=True, exist_ok=True)
-    previous = previous_folder(out, fp, opts.force)
+    previous = prepare_out(out, fp, opts.force, log)
 
     nets = build_subnets(model, fold_values=not opts.plain_export)
     stages = {
@@ -164,32 +171,40 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                             "constants folded (exact)")})
     folder = ModelFolder(out, manifest)
     for rec in stages.values():
-        rec.precision = "fp16" if opts.precision == "int8" else opts.precision
+        rec.precision = "fp32"  # until the precision steps below write and pass their files
     failed = [n for n, r in stages.items() if not r.parity["passed"]]
     if failed:
         manifest.fail(f"fp32 parity above {stages[failed[0]].parity['gate']} for {failed}")
     else:
+        del model, nets  # the PyTorch model is done with: calibration needs the memory (1024 px: <= 6 GB)
+        gc.collect()
         _reduced_precision(folder, opts, log)
 
     from export.engines import build_engines
 
     manifest.tensorrt = build_engines(folder, previous, skip=opts.skip_tensorrt, log=log)
-    if manifest.status == "building":
-        manifest.status = "complete"
-    folder.write()
-    log(f"[done] {out}/manifest.json ({manifest.status}) in {time.time() - t0:.1f}s")
+    finish(folder, t0, log)
     return folder
 
 
 def _reduced_precision(folder: ModelFolder, opts: BuildOptions, log: Log) -> None:
-    """The INT8 steps: Q/DQ for TensorRT (``--precision int8``), dynamic for CPUs (``--cpu-int8-stages``)."""
-    from calib.build import build_int8
+    """FP16 and Q/DQ INT8 files for the engines, dynamic INT8 for CPUs; one recorded FP32 run for all."""
+    from calib.build import build_fp16, build_int8, calibration
 
     manifest = folder.manifest
+    if opts.precision == "fp32" and not opts.cpu_int8_stages:
+        return
+    ctx = calibration(folder, opts.calib, log)
+    if opts.precision in ("fp16", "int8"):
+        fp16 = build_fp16(folder, ctx, log)
+        manifest.checks["fp16"] = fp16
+        if not fp16["passed"]:
+            manifest.fail(f"fp16 accuracy gate failed: {'; '.join(fp16['reasons'])}. "
+                          "Build with --precision fp32, or calibrate on data like yours (--calib)")
+            log(f"[fp16] GATE FAILED: {manifest.status_reason}")
     if opts.precision == "int8":
-        log(f"[int8] calibrating {opts.int8_stages} ({opts.calib_method}) on "
-            f"{opts.calib or 'generated episodes'} ...")
-        calib = build_int8(folder, opts.int8_stages, opts.calib, log, method=opts.calib_method)
+        log(f"[int8] calibrating {opts.int8_stages} ({opts.calib_method}); the other stages FP16 ...")
+        calib = build_int8(folder, opts.int8_stages, ctx, log, method=opts.calib_method)
         manifest.checks["int8"] = calib
         if not calib["passed"]:
             hint = calib["suggestion"]["text"] if calib.get("suggestion") else "keep every stage fp16"
@@ -200,9 +215,8 @@ def _reduced_precision(folder: ModelFolder, opts: BuildOptions, log: Log) -> Non
         from calib.dynamic import resolve_weight_range
 
         reduce_range, why = resolve_weight_range(opts.cpu_int8_range)
-        log(f"[cpu-int8] dynamic INT8 for {opts.cpu_int8_stages}, measured on "
-            f"{opts.calib or 'generated episodes'}; weight range {why} ...")
-        dyn = build_int8(folder, opts.cpu_int8_stages, opts.calib, log, scheme="dynamic",
+        log(f"[cpu-int8] dynamic INT8 for {opts.cpu_int8_stages}; weight range {why} ...")
+        dyn = build_int8(folder, opts.cpu_int8_stages, ctx, log, scheme="dynamic",
                          apply_suggestion=True, reduce_range=reduce_range)
         manifest.checks["cpu-int8"] = dict(dyn, weight_range=why)
         kept = dyn["kept_int8"]

@@ -41,6 +41,27 @@ def plain_engines(tmp_path_factory) -> Path:
     return build_engines(tmp_path_factory.mktemp("engines") / "tiny-256-plain", "--plain-export")
 
 
+def _rebuilt(tiny_engines, tmp_path_factory, name: str, *extra: str) -> Path:
+    """A copy of ``tiny_engines`` re-built with ``extra`` (the FP32 stages are reused)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp(name) / "tiny-256"
+    shutil.copytree(tiny_engines, out)
+    return build_engines(out, *extra)
+
+
+@pytest.fixture(scope="session")
+def fp16_engines(tiny_engines, tmp_path_factory) -> Path:
+    """``tiny_engines`` at ``--precision fp16``: every stage's FP16 file, measured and gated."""
+    return _rebuilt(tiny_engines, tmp_path_factory, "fp16", "--precision", "fp16")
+
+
+@pytest.fixture(scope="session")
+def int8_engines(tiny_engines, tmp_path_factory) -> Path:
+    """``tiny_engines`` at ``--precision int8``: Q/DQ INT8 + FP16 memory attention, FP16 files elsewhere."""
+    return _rebuilt(tiny_engines, tmp_path_factory, "int8", "--precision", "int8", "--int8-stages", "memory_attention")
+
+
 CPU_INT8_STAGES = ("memory_attention", "mask_decoder")
 
 
@@ -48,11 +69,7 @@ CPU_INT8_STAGES = ("memory_attention", "mask_decoder")
 def cpu_int8_engines(tiny_engines, tmp_path_factory) -> Path:
     """A copy of ``tiny_engines`` re-built with ``--cpu-int8-stages memory_attention,mask_decoder``
     (the FP32 stages are reused; only the dynamic-INT8 step and its gate run)."""
-    import shutil
-
-    out = tmp_path_factory.mktemp("cpu-int8") / "tiny-256"
-    shutil.copytree(tiny_engines, out)
-    return build_engines(out, "--cpu-int8-stages", ",".join(CPU_INT8_STAGES))
+    return _rebuilt(tiny_engines, tmp_path_factory, "cpu-int8", "--cpu-int8-stages", ",".join(CPU_INT8_STAGES))
 
 
 @pytest.fixture(scope="session")

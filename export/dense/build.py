@@ -13,22 +13,23 @@ whose files still match (``--force`` rebuilds).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping
 
 import numpy as np
 
-from export.options import BuildOptions, Log, banner_random_weights, fingerprint, now, previous_folder, versions
+from export.options import (BuildOptions, Log, banner_random_weights, finish, fingerprint, now, prepare_out,
+                            versions)
 from runtime.core.compare import DENSE_FP16, FEATURES_FP16, FP32_PARITY, compare_outputs, mask_iou, worst
-from runtime.core.folder import Manifest, ModelFolder, ModelRecord
+from runtime.core.fileio import sha256_file
+from runtime.core.folder import FileRecord, Manifest, ModelFolder, ModelRecord, onnx_name
 from runtime.dense.spec import LOGITS, part_names
 from runtime.errors import UsageError
 
 DENSE_CODE_VERSION = 2  # bump when the exported graphs change meaning
 SAM2_ONLY = ("sam2_checkpoint", "adapter_checkpoint", "no_adapters", "adapter_stages",
-             "channel_factor", "stock_sam2", "calib", "int8_stages", "cpu_int8_stages", "cpu_int8_range",
+             "channel_factor", "stock_sam2", "max_prompt_frames", "int8_stages", "cpu_int8_stages", "cpu_int8_range",
              "calib_method", "plain_export")
 
 
@@ -159,8 +160,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     fp = fingerprint({"code": DENSE_CODE_VERSION, "choice": choice.describe(), "ckpt": ckpt_hash,
                       "random": [opts.random_weights, opts.seed if opts.random_weights else None],
                       "max_batch": opts.max_batch})
-    out.mkdir(parents=True, exist_ok=True)
-    previous = previous_folder(out, fp, opts.force)
+    previous = prepare_out(out, fp, opts.force, log)
 
     from export.onnx_export import export_stage
 
@@ -176,7 +176,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                 raise
             raise UsageError(f"{name}: the graph is larger than ONNX's 2 GB protobuf limit at these "
                              "settings; export it in parts with --split") from e
-        records[name].precision = precisions[name]
+        records[name].precision = "fp32"  # fp16 parts switch once their FP16 file is written
 
     manifest = Manifest(
         kind=choice.kind,
@@ -207,10 +207,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     from export.engines import build_engines
 
     manifest.tensorrt = build_engines(folder, previous, skip=opts.skip_tensorrt, log=log)
-    if manifest.status == "building":
-        manifest.status = "complete"
-    folder.write()
-    log(f"[done] {out}/manifest.json ({manifest.status}) in {time.time() - t0:.1f}s")
+    finish(folder, t0, log)
     return folder
 
 
@@ -237,37 +234,67 @@ def _check_chain(folder: ModelFolder, model, choice, precisions, opts: BuildOpti
         if not e2e["passed"]:
             manifest.fail(f"fp32 parity above {FP32_PARITY.max_rel_l2} end to end")
             return
-        if "fp16" in precisions.values() and not opts.no_fp16_check:
-            fp16 = measure_fp16(specs, manifest.stages, precisions, folder.path, runners, images, fp32_out,
-                                choice.kind, log)
-            manifest.checks["fp16"] = fp16
-            if not fp16["passed"]:
-                # As the int8 gate: a folder whose FP16 engines would miss the gate is refused.
-                manifest.fail(f"FP16 policy outside its gate ({fp16['gate']}); {fp16['suggestion']}")
+        if "fp16" not in precisions.values():
+            return
+        write_fp16_parts(folder, precisions, log)
+        if opts.no_fp16_check:
+            log("[fp16] --no-fp16-check: the FP16 files are not measured")
+            return
+        if opts.calib is not None:
+            images = calibration_images(opts.calib, choice.image_size)
+            fp32_out = run_batched(runners, specs, images, final)
+            log(f"[fp16] measuring on {len(images)} images from {opts.calib}")
+        fp16 = measure_fp16(folder, precisions, runners, images, fp32_out, choice.kind, log)
+        manifest.checks["fp16"] = fp16
+        if not fp16["passed"]:
+            # As the int8 gate: a folder whose FP16 engines would miss the gate is refused.
+            manifest.fail(f"FP16 files outside their gate ({fp16['gate']}); {fp16['suggestion']}")
     finally:
         for r in runners.values():
             r.deactivate()
 
 
-def measure_fp16(specs, records, precisions, out: Path, fp32_runners, images, fp32_out, kind, log) -> dict:
-    """Error of the FP16 policy (emulated) against the FP32 ONNX chain, same images."""
-    from calib.fp16 import fp16_runner
+def calibration_images(calib_dir: Path, size: int) -> np.ndarray:
+    """``[N,3,S,S]`` model inputs of the images in ``calib_dir`` (calib.workloads.load_images), as the runtime makes them."""
+    from calib.workloads import load_images
+    from runtime.dense.segmenter import prepare_image
 
+    return np.concatenate([prepare_image(img, size)[0] for img in load_images(calib_dir)])
+
+
+def write_fp16_parts(folder: ModelFolder, precisions, log: Log) -> None:
+    """``<part>.fp16.onnx`` (calib.fp16) for every part built at fp16; its engine is built from it."""
+    from calib.fp16 import write_fp16
+
+    for k, p in precisions.items():
+        if p != "fp16":
+            continue
+        st = folder.stage(k)
+        dst = folder.path / onnx_name(k, "fp16")
+        info = write_fp16(folder.path / st.files["fp32"].file, dst)
+        st.files["fp16"] = FileRecord(dst.name, sha256_file(dst), info)
+        st.precision = "fp16"
+        log(f"[fp16] {k}: wrote {dst.name}")
+
+
+def _fp16_runners(folder: ModelFolder, parts, fp32_runners):
+    from runtime.core.backends.onnxruntime import OnnxRuntimeStageRunner
+
+    return {k: (OnnxRuntimeStageRunner(sp, folder.path / folder.stage(k).files["fp16"].file,
+                                       providers=["CPUExecutionProvider"]).activate()
+                if k in parts else fp32_runners[k]) for k, sp in folder.specs.items()}
+
+
+def measure_fp16(folder: ModelFolder, precisions, fp32_runners, images, fp32_out, kind, log) -> dict:
+    """The FP16 files in ONNX Runtime against the FP32 ONNX chain, same images."""
     t = time.time()
-    log("[fp16] measuring the FP16 policy (normalisation in FP32; emulated in ONNX Runtime) ...")
-    with tempfile.TemporaryDirectory(prefix="fp16-", dir=out) as work:
-        runners = {}
-        for k, sp in specs.items():
-            if precisions[k] == "fp16":
-                runners[k] = fp16_runner(sp, out / records[k].files["fp32"].file, work, mode="emulated")
-            else:
-                runners[k] = fp32_runners[k]
-        modes = {k: getattr(r, "fp16_mode", "fp32") for k, r in runners.items()}
-
-        got = run_batched(runners, specs, images, list(fp32_out))
-        for k, r in runners.items():
-            if precisions[k] == "fp16":
-                r.deactivate()
+    parts = [k for k, p in precisions.items() if p == "fp16"]
+    runners = _fp16_runners(folder, parts, fp32_runners)
+    try:
+        got = run_batched(runners, folder.specs, images, list(fp32_out))
+    finally:
+        for k in parts:
+            runners[k].deactivate()
     rec = compare_chain(got, fp32_out, kind)
     if kind == "features":
         rec["gate"] = FEATURES_FP16.as_dict()
@@ -278,32 +305,33 @@ def measure_fp16(specs, records, precisions, out: Path, fp32_runners, images, fp
         rec["passed"] = not DENSE_FP16.failures(rec["prob_max_abs"], rec["mask_iou"])
         summary = (f"logits rel L2 {rec['rel_l2']:.2e}, probability max abs {rec['prob_max_abs']:.2e} "
                    f"(mean {rec['prob_mean_abs']:.1e}), mask IoU {rec['mask_iou']:.4f}")
-    rec.update(policy="fp16 with LayerNorm/reductions/Pow/Sqrt in fp32 (calib.fp16, as the engines)",
-               modes=modes, parts=precisions, images=int(len(images)))
-    log(f"[fp16] {summary} vs fp32 ({'within' if rec['passed'] else 'OUTSIDE'} the gate) "
+    rec.update(files={k: folder.stage(k).files["fp16"].file for k in parts}, parts=dict(precisions),
+               images=int(len(images)))
+    for k in parts:
+        folder.stage(k).measured["fp16"] = {k2: v for k2, v in rec.items() if k2 in ("rel_l2", "min_cosine",
+                                                                                   "prob_max_abs", "mask_iou")}
+    log(f"[fp16] the FP16 files: {summary} vs fp32 ({'within' if rec['passed'] else 'OUTSIDE'} the gate) "
         f"in {time.time() - t:.0f}s")
     if not rec["passed"]:
-        rec["suggestion"] = _fp16_suggestion(specs, records, precisions, out, fp32_runners, images,
-                                             fp32_out, kind)
+        rec["suggestion"] = _fp16_suggestion(folder, precisions, fp32_runners, images, fp32_out, kind)
         log(f"[fp16] GATE FAILED: {rec['suggestion']}")
     return rec
 
 
-def _fp16_suggestion(specs, records, precisions, out, fp32_runners, images, fp32_out, kind) -> str:
+def _fp16_suggestion(folder: ModelFolder, precisions, fp32_runners, images, fp32_out, kind) -> str:
     """Which setting to rebuild with: for split builds, the fp16 part that alone loses the most."""
     fp16_parts = [k for k, p in precisions.items() if p == "fp16"]
-    if len(specs) == 1:
+    if len(folder.specs) == 1:
         return ("rebuild with --precision fp32" + ("" if kind == "features" else
                 ", or with --split and --fp32-parts for the encoder that loses the most"))
-    from calib.fp16 import fp16_runner
-
     loss, key = {}, "rel_l2" if kind == "features" else "prob_max_abs"
-    with tempfile.TemporaryDirectory(prefix="fp16-", dir=out) as work:
-        for k in fp16_parts:
-            r = fp16_runner(specs[k], out / records[k].files["fp32"].file, work, mode="emulated")
-            got = run_batched({**fp32_runners, k: r}, specs, images, list(fp32_out))
-            r.deactivate()
-            loss[k] = compare_chain({n: got[n] for n in fp32_out}, fp32_out, kind)[key]
+    for k in fp16_parts:
+        runners = _fp16_runners(folder, [k], fp32_runners)
+        try:
+            got = run_batched(runners, folder.specs, images, list(fp32_out))
+        finally:
+            runners[k].deactivate()
+        loss[k] = compare_chain({n: got[n] for n in fp32_out}, fp32_out, kind)[key]
     k = max(loss, key=loss.get)
     keep = sorted({p for p, v in precisions.items() if v == "fp32"} | {k})
     return (f"alone in fp16, {', '.join(f'{p} gives {key} {v:.2e}' for p, v in loss.items())}: "

@@ -23,6 +23,7 @@ import abc
 import os
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, TypeVar
@@ -190,18 +191,25 @@ class ImageFolderSource(FrameSource):
         if not self.files:
             raise SourceError(f"source folder {self.name!r} has no images ({', '.join(IMAGE_EXTS)})")
         self._i = 0
+        self.skipped: List[Path] = []
 
     def read(self) -> Optional[np.ndarray]:
         import cv2
 
         if self._i >= len(self.files):
             return None
-        path = self.files[self._i]
-        self._i += 1
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise SourceError(f"cannot read image {path}")
-        return frame
+        while self._i < len(self.files):  # an unreadable file is skipped (with a warning), not the end
+            path = self.files[self._i]
+            self._i += 1
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is not None:
+                return frame
+            self.skipped.append(path)
+            warnings.warn(f"source folder {self.name!r}: cannot read image {path.name}; skipped", RuntimeWarning,
+                          stacklevel=2)
+        if len(self.skipped) == len(self.files):
+            raise SourceError(f"source folder {self.name!r}: none of its {len(self.files)} images can be read")
+        return None
 
     def close(self) -> None:
         self._i = len(self.files)

@@ -94,7 +94,10 @@ class FileRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FileRecord":
-        return cls(str(d["file"]), str(d["sha256"]), {k: v for k, v in d.items() if k not in ("file", "sha256")})
+        name = str(d["file"])
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"file {name!r} is not a plain file name inside the model folder")
+        return cls(name, str(d["sha256"]), {k: v for k, v in d.items() if k not in ("file", "sha256")})
 
 
 @dataclass
@@ -156,7 +159,9 @@ class StageRecord:
     """One stage: its ONNX variants, the precision its engine is built at, the engine, measurements.
 
     ``parity``: the FP32 file against PyTorch (export); ``measured[variant]``:
-    that variant's file against the FP32 file (its per-stage gate).
+    that variant's file against the FP32 file (its per-stage gate). The
+    engine is (or, where TensorRT was absent, would be) built from
+    ``files[precision]``: the manifest spells that out as ``engine_source``.
     """
 
     files: Dict[str, FileRecord]
@@ -166,7 +171,10 @@ class StageRecord:
     measured: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
+        source = self.files.get(self.precision)
         return {"files": {v: r.to_dict() for v, r in self.files.items()}, "precision": self.precision,
+                "engine_source": {"file": source.file, "measured": self.measured.get(self.precision)}
+                if source else None,
                 "engine": self.engine.to_dict() if self.engine else None, "parity": self.parity,
                 "measured": self.measured}
 
@@ -279,7 +287,7 @@ class Manifest:
         if d["kind"] not in KINDS:
             raise ModelFolderError(f"{where!r} has the unknown kind {d['kind']!r}; {REBUILD}")
         try:
-            return cls(
+            manifest = cls(
                 kind=d["kind"], model=ModelRecord.from_dict(d["model"]), model_config=dict(d["model_config"]),
                 specs=specs_from_dict(d["specs"]),
                 stages={s: StageRecord.from_dict(r) for s, r in d["stages"].items()},
@@ -292,6 +300,24 @@ class Manifest:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ModelFolderError(f"{where!r} is malformed ({type(e).__name__}: {e}); {REBUILD}") from e
+        manifest.check_consistent(where)
+        return manifest
+
+    def check_consistent(self, where: str = MANIFEST_NAME) -> None:
+        """The records agree with each other (an edited manifest is refused before anything runs)."""
+        problems = []
+        if set(self.stages) != set(self.specs):
+            problems.append(f"stages {sorted(self.stages)} but specs for {sorted(self.specs)}")
+        for name, spec in self.specs.items():
+            for t in spec.inputs:
+                if t.name == "image" and len(t.shape) == 4 and t.shape[2:] != (self.image_size,) * 2:
+                    problems.append(f"image_size {self.image_size} but stage {name!r} takes {t.shape[2:]} images")
+        for name, st in self.stages.items():
+            if st.precision not in st.files:
+                problems.append(f"stage {name!r} runs at {st.precision} but has no {st.precision} file")
+        if problems:
+            raise ModelFolderError(f"{where!r} contradicts itself ({'; '.join(problems)}): it was edited "
+                                   f"after the build; {REBUILD}")
 
 
 # ----------------------------------------------------------------------- folder

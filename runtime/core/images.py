@@ -35,8 +35,12 @@ def image_to_float_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
     if image.dtype == np.uint8:
         return image.astype(np.float32) / np.float32(255.0)
     if np.issubdtype(image.dtype, np.floating):
-        lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+        if not np.isfinite(image).all():
+            bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+            raise InputError(f"float {what} has {bad} NaN or infinite value(s); pass finite RGB in [0, 1] "
+                             "(or uint8 RGB)")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0.0 or hi > 1.0:
             raise InputError(
                 f"float {what} must hold finite values in [0, 1] (got min {lo}, max {hi}); "
                 "pass uint8 RGB or scale it first"

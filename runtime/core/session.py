@@ -15,12 +15,14 @@ trackers) or a segmenter and a predictor hold one set of runners::
 Per-stream state (references, memories) lives in the products, never here.
 Sharing a session between *threads* is safe on ONNX Runtime (its sessions
 run concurrently); TensorRT runners own their output buffers and stream, so
-:attr:`EngineSession.lock` serialises whole calls there (products take it).
+:attr:`EngineSession.lock` serialises whole product calls there (the public
+methods of every product are :func:`serialized`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
@@ -116,6 +118,16 @@ class EngineSession:
     def axis_max(self, axis: str) -> int:
         """Largest size of a dynamic axis the engines were built for."""
         return self.manifest.axis_max(axis)
+
+
+def serialized(method):
+    """A product method that holds its session's :attr:`~EngineSession.lock` while it runs
+    (a no-op on ONNX Runtime; on TensorRT, one call at a time on the shared buffers and stream)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.session.lock:
+            return method(self, *args, **kwargs)
+    return run
 
 
 class Product:

@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from runtime.core.session import EngineSession, Product
+from runtime.core.session import EngineSession, Product, serialized
 from runtime.dense.segmenter import prepare_image, run_parts
 from runtime.core.spec import StageSpec
 
@@ -43,6 +43,7 @@ class FeatureExtractor(Product):
         """``{name: (C, h, w)}`` of one image's features."""
         return {t.name: t.concrete_shape({"batch": 1})[1:] for sp in self.specs.values() for t in sp.outputs}
 
+    @serialized
     def extract(self, image: np.ndarray) -> Dict[str, np.ndarray]:
         """``{name: [C, h, w] float32}`` for ``image`` (``HxWx3`` uint8 RGB, or float RGB in [0,1])."""
         self.timings = {}

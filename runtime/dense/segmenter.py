@@ -30,7 +30,7 @@ import numpy as np
 from runtime.core.backends.base import StageRunner
 from runtime.core.images import image_to_float_rgb
 from runtime.core.resize import resize_bilinear, resize_uint8_pil
-from runtime.core.session import EngineSession, Product
+from runtime.core.session import EngineSession, Product, serialized
 from runtime.core.spec import StageSpec
 from runtime.dense.spec import LOGITS
 
@@ -109,10 +109,12 @@ class DenseSegmenter(Product):
     def specs(self) -> Dict[str, StageSpec]:
         return self.session.specs
 
+    @serialized
     def logits(self, image: np.ndarray) -> np.ndarray:
         """The model's ``[S,S]`` logits for ``image`` (S = the build's image size)."""
         return self._run(image)[0]
 
+    @serialized
     def predict(self, image: np.ndarray) -> np.ndarray:
         """``HxW`` float32 probability map of ``image`` (``HxWx3`` uint8 RGB, or see README)."""
         logits, hw = self._run(image)

@@ -10,6 +10,8 @@ for ONNX Runtime and TensorRT.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -18,7 +20,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
 import numpy as np
 
-from runtime.core.session import EngineSession, Product
+from runtime.core.session import EngineSession, Product, serialized
 from runtime.sam2.memory import pointer_pos_enc, select_memories, select_pointers
 from runtime.errors import InputError
 from runtime.core.images import image_to_float_rgb, threshold_logit
@@ -41,6 +43,14 @@ class FewShotSegmenter(Product):
     >>> res = seg.segment(frame)            # res["dog"].mask, .logits, .iou
 
     ``threshold``: the probability above which a pixel is in the mask.
+
+    Threads: every method may be called from several threads. ``segment``
+    calls run concurrently (on ONNX Runtime; TensorRT serialises them); each
+    one segments the concepts as they were when it started its memory
+    attention. ``add_reference`` and ``clear`` change the references
+    atomically; to change several as one step (``clear`` then
+    ``add_reference``, with no ``segment`` seeing the state in between), do
+    it inside ``with seg.updating():``.
     """
 
     def __init__(self, session: EngineSession, threshold: float = 0.5):
@@ -51,28 +61,41 @@ class FewShotSegmenter(Product):
         self._thr_logit = threshold_logit(threshold)
         self._refs: "OrderedDict[str, List[FrameOutput]]" = OrderedDict()
         self._feeds: Dict[str, Dict[str, Any]] = {}  # per concept, backend-native
+        self._lock = threading.RLock()  # guards _refs and _feeds
 
     def _release(self) -> None:
-        self._refs.clear()
-        self._feeds.clear()
+        with self._lock:
+            self._refs.clear()
+            self._feeds.clear()
 
     @property
     def concepts(self) -> List[str]:
-        return list(self._refs)
+        with self._lock:
+            return list(self._refs)
 
     def num_references(self, concept: str) -> int:
-        return len(self._refs.get(concept, []))
+        with self._lock:
+            return len(self._refs.get(concept, []))
 
+    @contextlib.contextmanager
+    def updating(self) -> Iterator["FewShotSegmenter"]:
+        """Change references as one step: ``segment`` in other threads waits until the block ends."""
+        with self._lock:
+            yield self
+
+    @serialized
     def clear(self, concept: Optional[str] = None) -> None:
         """Forget all references (or one concept's)."""
-        if concept is None:
-            self._refs.clear()
-            self._feeds.clear()
-        else:
-            self._refs.pop(concept, None)
-            self._feeds.pop(concept, None)
+        with self._lock:
+            if concept is None:
+                self._refs.clear()
+                self._feeds.clear()
+            else:
+                self._refs.pop(concept, None)
+                self._feeds.pop(concept, None)
 
     # ------------------------------------------------------------- references
+    @serialized
     def add_reference(self, image: np.ndarray, mask: Optional[np.ndarray] = None, *,
                       points=None, labels=None, box=None, scribble: Optional[np.ndarray] = None,
                       concept: str = "default") -> None:
@@ -119,9 +142,10 @@ class FewShotSegmenter(Product):
             ref = st.heads(st.no_memory_feat(enc), enc, coords, labs, None, multimask=False)
             ref.maskmem = st.memory_from_low_res(
                 enc, ref, binarize=st.cfg["binarize_mask_from_pts_for_mem_enc"])
-        self._refs.setdefault(concept, []).append(ref)
-        self._feeds.pop(concept, None)
-        k = len(self._refs[concept])
+        with self._lock:
+            self._refs.setdefault(concept, []).append(ref)
+            self._feeds.pop(concept, None)
+            k = len(self._refs[concept])
         n_mem = int(st.cfg["num_maskmem"])
         if k == n_mem + 1:
             warnings.warn(
@@ -131,7 +155,7 @@ class FewShotSegmenter(Product):
                 UserWarning, stacklevel=2)
 
     def _concept_feeds(self, concept: str) -> Dict[str, Any]:
-        """Memory-attention inputs for a concept, assembled once and kept backend-native."""
+        """Memory-attention inputs for a concept, assembled once and kept backend-native (call under the lock)."""
         if concept in self._feeds:
             return self._feeds[concept]
         refs = self._refs[concept]
@@ -149,11 +173,18 @@ class FewShotSegmenter(Product):
         })
         return self._feeds[concept]
 
+    def _snapshot(self, what: str = "segment()") -> List:
+        """``[(concept, memory-attention feeds)]`` as they are now (consistent under concurrent edits)."""
+        with self._lock:
+            if not self._refs:
+                raise InputError(f"{what} before any reference: call add_reference() first")
+            return [(c, self._concept_feeds(c)) for c in self._refs]
+
     # ----------------------------------------------------------------- target
+    @serialized
     def segment(self, image: np.ndarray) -> SegmentationResult:
         """Masks of every concept in ``image`` (``[H,W,3]`` uint8 RGB)."""
-        if not self._refs:
-            raise InputError("segment() before any reference: call add_reference() first")
+        self._snapshot()  # the error before the encoder runs, not after
         t0 = time.perf_counter()
         return self._finish(t0, *self._encode(image))
 
@@ -170,8 +201,7 @@ class FewShotSegmenter(Product):
         A frame's ``timings["total"]`` is then its wall time since the
         previous result, the figure frames/s is made of.
         """
-        if not self._refs:
-            raise InputError("segment_stream() before any reference: call add_reference() first")
+        self._snapshot("segment_stream()")
         if not pipelined or self.backend != "onnxruntime":
             for frame in frames:
                 yield self.segment(frame)
@@ -207,9 +237,9 @@ class FewShotSegmenter(Product):
         timings = {**enc_timings, "memory_attention": 0.0, "mask_decoder": 0.0, "postprocess": 0.0}
         results = {}
         st = self.stages
-        for concept in self._refs:
+        for concept, feeds in self._snapshot():
             ta = time.perf_counter()
-            cond = st.condition(enc, self._concept_feeds(concept))
+            cond = st.condition(enc, feeds)
             tb = time.perf_counter()
             dec = st.decode(cond, enc, *st.no_points, None)
             tc = time.perf_counter()

@@ -32,6 +32,8 @@ def check_mask(mask: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
             f"mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
             f"{image_hw[0]}x{image_hw[1]}; masks must have their image's size"
         )
+    if np.issubdtype(mask.dtype, np.floating) and not np.isfinite(mask).all():
+        raise InputError("mask holds NaN or infinite values; pass a bool (or 0/1) mask")
     m = mask > 0 if mask.dtype != np.bool_ else mask
     if not m.any():
         raise InputError("mask is empty (no foreground pixel): a reference needs the object marked")

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from runtime.core.session import EngineSession, Product
+from runtime.core.session import EngineSession, Product, serialized
 from runtime.errors import InputError
 from runtime.core.images import image_to_float_rgb, threshold_logit
 from runtime.sam2.inputs import logits_to_image
@@ -46,10 +46,12 @@ class ImagePredictor(Product):
     def _release(self) -> None:
         self.reset()
 
+    @serialized
     def reset(self) -> None:
         """Forget the current image."""
         self._enc = self._embed = self._hw = None
 
+    @serialized
     def set_image(self, image: np.ndarray) -> None:
         """Encode ``image`` (``[H,W,3]`` uint8 RGB); later ``predict`` calls reuse it."""
         rgb = image_to_float_rgb(image, "image")
@@ -62,6 +64,7 @@ class ImagePredictor(Product):
         self._embed = r.upload(embed)
         self._hw = rgb.shape[:2]
 
+    @serialized
     def predict(self, points=None, labels=None, box=None, mask_input: Optional[np.ndarray] = None,
                 multimask: bool = True, return_logits: bool = False):
         """Masks for one prompt set (or a batch of boxes ``[B,4]``); see the class docstring."""
@@ -106,4 +109,6 @@ class ImagePredictor(Product):
             raise InputError(
                 f"mask_input must be one low-res mask of {e4}x{e4} logits (the low_res output "
                 f"of an earlier predict()), got shape {m.shape}")
+        if not np.isfinite(m).all():
+            raise InputError("mask_input holds NaN or infinite logits; pass the low_res output of an earlier predict()")
         return m.reshape(1, 1, e4, e4)

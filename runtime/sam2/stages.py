@@ -220,6 +220,8 @@ class Sam2Stages:
         coords, labs = [], []
         if box is not None:
             b = np.asarray(box, np.float32).reshape(-1)
+            if not np.isfinite(b).all():
+                raise InputError(f"box coordinates must be finite numbers, got {np.asarray(box).tolist()}")
             if b.size != 4 or not (b[2] > b[0] and b[3] > b[1]):
                 raise InputError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}")
             coords += [b[:2], b[2:]]
@@ -228,6 +230,8 @@ class Sam2Stages:
             p = np.asarray(points, np.float32)
             if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
                 raise InputError(f"points must be a list of (x, y), got shape {p.shape}")
+            if not np.isfinite(p).all():
+                raise InputError(f"point coordinates must be finite numbers, got {p.tolist()}")
             lab = np.ones(len(p)) if labels is None else np.asarray(labels)
             if lab.shape != (len(p),):
                 raise InputError(f"{len(p)} points but {lab.size} labels; give one label per point")

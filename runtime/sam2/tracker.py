@@ -18,8 +18,8 @@ from typing import Dict, Hashable, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from runtime.sam2.memory import pointer_pos_enc, select_tracking_memory, tracking_window
-from runtime.core.session import EngineSession, Product
-from runtime.errors import InputError
+from runtime.core.session import EngineSession, Product, serialized
+from runtime.errors import InputError, ProfileLimitError
 from runtime.core.images import image_to_float_rgb, threshold_logit
 from runtime.sam2.inputs import logits_to_image, mask_to_model_size
 from runtime.sam2.stages import FrameOutput, Sam2Stages
@@ -95,6 +95,7 @@ class VideoTracker(Product):
     def _release(self) -> None:
         self.reset()
 
+    @serialized
     def reset(self) -> None:
         """Forget every object, prompt and memory (start a new video)."""
         self._objects: "OrderedDict[Hashable, _ObjectState]" = OrderedDict()
@@ -110,12 +111,14 @@ class VideoTracker(Product):
         """Frame outputs held in memory over all objects (bounded; for checks)."""
         return sum(len(o.prompted) + len(o.recent) for o in self._objects.values())
 
+    @serialized
     def remove_object(self, obj_id: Hashable) -> None:
         """Stop tracking ``obj_id``."""
         self._check_known(obj_id)
         del self._objects[obj_id]
 
     # ---------------------------------------------------------------- prompts
+    @serialized
     def add_prompt(self, frame_idx: int, obj_id: Hashable, image: np.ndarray, *, points=None,
                    labels=None, box=None, mask: Optional[np.ndarray] = None,
                    clear_old: bool = True) -> ObjectMask:
@@ -141,6 +144,9 @@ class VideoTracker(Product):
         self._check_size(rgb.shape[:2])
         st = self.stages
         frame_idx = int(frame_idx)
+        known = self._objects.get(obj_id)
+        if known is None or frame_idx not in known.prompted:
+            self._check_prompt_frames(obj_id, 1 + (len(known.prompted) if known else 0))
         if mask is not None:
             hard = self._mask_prompt(mask, rgb.shape[:2])
         else:
@@ -169,6 +175,27 @@ class VideoTracker(Product):
             out = st.heads(st.no_memory_feat(feats), feats, coords, labs, mask_input, multimask)
         obj.prompted[frame_idx] = out
         return self._object_mask(out)
+
+    def prompt_frame_limit(self) -> int:
+        """How many frames per object may carry prompts: every one is attended to on every tracked
+        frame, beside ``num_maskmem - 1`` recent memories and ``max_obj_ptrs - 1`` pointers, and the
+        memory-attention engines were built for a fixed number (``export.build --max-prompt-frames``)."""
+        cfg = self.stages.cfg
+        limits = [self.session.axis_max("num_mem") - (cfg["num_maskmem"] - 1)]
+        if cfg["use_obj_ptrs_in_encoder"]:
+            limits.append(self.session.axis_max("num_ptr") - (cfg["max_obj_ptrs_in_encoder"] - 1))
+        return max(1, min(limits))
+
+    def _check_prompt_frames(self, obj_id: Hashable, n: int) -> None:
+        max_cond = self.stages.cfg.get("max_cond_frames_in_attn", -1)
+        attended = n if max_cond is None or max_cond < 1 else min(n, max_cond)
+        limit = self.prompt_frame_limit()
+        if attended > limit:
+            raise ProfileLimitError(
+                f"object {obj_id!r} would have prompts on {n} frames, but this model folder's memory-attention "
+                f"engines take at most {limit} prompted frames per object (num_mem <= "
+                f"{self.session.axis_max('num_mem')}); prompt fewer frames, or rebuild with "
+                f"`python -m export.build --stock-sam2 --max-prompt-frames {n}`")
 
     def _mask_prompt(self, mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
         """User mask ``[H,W]`` -> 0/1 ``[S,S]`` as sam2's ``add_new_mask`` (antialiased, ``>= 0.5``)."""
@@ -201,15 +228,15 @@ class VideoTracker(Product):
         for frame_idx, image in enumerate(frames, start=start_frame):
             if frame_idx < first:
                 continue
-            rgb = image_to_float_rgb(image, f"frame {frame_idx}")
-            self._check_size(rgb.shape[:2], frame_idx)
-            yield self.track_frame(frame_idx, rgb, num_frames)
+            yield self.track_frame(frame_idx, image, num_frames)
 
-    def track_frame(self, frame_idx: int, rgb: np.ndarray, num_frames: Optional[int] = None) -> TrackedFrame:
-        """One step of forward tracking on float RGB ``[H,W,3]`` in [0,1], for callers that
-        feed frames one by one (``propagate`` calls this). Frames must come in order."""
+    @serialized
+    def track_frame(self, frame_idx: int, image: np.ndarray, num_frames: Optional[int] = None) -> TrackedFrame:
+        """One step of forward tracking on ``image`` (``[H,W,3]`` uint8 RGB, or float RGB in [0, 1]),
+        for callers that feed frames one by one (``propagate`` calls this). Frames must come in order."""
         if not self._objects:
             raise InputError("no object to track: call add_prompt() first")
+        rgb = image_to_float_rgb(image, f"frame {frame_idx}")
         self._start()
         self._check_size(rgb.shape[:2], frame_idx)
         st = self.stages

@@ -80,7 +80,7 @@ def test_mixed_models_rejected(tiny_engines, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(tiny_engines, other)
     m = json.loads((other / "manifest.json").read_text())
-    m["model"]["image_size"] = 512
+    m["model"]["name"] = "small"  # another model (an edited image_size is refused earlier, as inconsistent)
     (other / "manifest.json").write_text(json.dumps(m))
     assert _run(tmp_path, "--model-dir", str(tiny_engines), str(other)) == 2
     assert "different models" in capsys.readouterr().err

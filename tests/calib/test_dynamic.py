@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from calib.build import build_int8
+from calib.build import build_int8, calibration
 from calib.dynamic import count_integer_matmuls, quantize_dynamic_stage
 from calib.episodes import generate_episodes
 from calib.gates import Gates
@@ -67,9 +67,8 @@ def test_gate_failure_drops_the_files(int8_folder, tmp_path):
     folder = tmp_path / "f"
     shutil.copytree(int8_folder, folder)
     f = ModelFolder.read(folder)
-    res = build_int8(f, ["memory_attention"], None, lambda _: None,
-                     scheme="dynamic", apply_suggestion=True, generated=1,
-                     gates=Gates(stage=StageGate(min_cosine=1.01)), progress=False)
+    res = build_int8(f, ["memory_attention"], calibration(f, None, lambda _: None, generated=1), lambda _: None,
+                     scheme="dynamic", apply_suggestion=True, gates=Gates(stage=StageGate(min_cosine=1.01)))
     assert not res["passed"] and res["kept_int8"] == []
     assert "cpu-int8" not in f.stage("memory_attention").files
     assert not (folder / "memory_attention.cpu-int8.onnx").exists()
@@ -78,7 +77,7 @@ def test_gate_failure_drops_the_files(int8_folder, tmp_path):
 
 def test_unknown_scheme(int8_folder):
     with pytest.raises(ValueError, match="unknown INT8 scheme 'fast'"):
-        build_int8(ModelFolder.read(int8_folder), ["memory_attention"], None, print, scheme="fast")
+        build_int8(ModelFolder.read(int8_folder), ["memory_attention"], {}, print, scheme="fast")
 
 
 def test_broken_onnx_is_a_named_error_and_writes_nothing(tmp_path):

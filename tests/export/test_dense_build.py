@@ -55,10 +55,16 @@ def test_manifest_records_the_model_and_parts():
     assert "fp16" not in f.checks  # an fp32 build measures no fp16 policy
 
 
-def test_fp16_policy_error_is_measured():
-    fp16 = _manifest("unext-split-fp16").checks["fp16"]
-    print(f"fp16 (emulated): {fp16}")
-    assert fp16["modes"] == {"sam_encoder": "emulated", "dino_encoder": "fp32", "decoder": "emulated"}
+def test_fp16_files_are_written_and_measured():
+    m = _manifest("unext-split-fp16")
+    fp16 = m.checks["fp16"]
+    print(f"fp16 files: {fp16}")
+    assert fp16["files"] == {"sam_encoder": "sam_encoder.fp16.onnx", "decoder": "decoder.fp16.onnx"}
+    for part in ("sam_encoder", "decoder"):
+        rec = m.stages[part].files["fp16"]
+        assert (built("unext-split-fp16") / rec.file).is_file() and rec.info["weights"]["float16"] > 0
+        assert m.stages[part].measured["fp16"]["prob_max_abs"] == fp16["prob_max_abs"]
+    assert "fp16" not in m.stages["dino_encoder"].files  # an fp32 part has no FP16 file
     # FP16 rounding is visible (the check is not comparing FP32 with itself) and small.
     assert 1e-5 < fp16["rel_l2"] < 0.05
     assert fp16["prob_max_abs"] <= fp16["gate"]["max_abs"] and fp16["passed"]

@@ -24,8 +24,11 @@ pytestmark = pytest.mark.trt_api
 
 
 @pytest.fixture(scope="module")
-def folders(tiny_engines):
-    return {"fp32": str(tiny_engines)}
+def folders(tiny_engines, fp16_engines, int8_engines):
+    from tests.dense_helpers import built
+
+    return {"fp32": str(tiny_engines), "fp16": str(fp16_engines), "int8": str(int8_engines),
+            "dense-fp16": str(built("unext-split-fp16"))}
 
 
 def _env(version: str, **extra) -> dict:

@@ -126,3 +126,20 @@ def test_queue_file_blocks_and_drops_nothing():
     q.close()
     t.join(5)
     assert got == list(range(50)) and q.dropped == 0
+
+
+def test_image_folder_skips_an_unreadable_image_with_a_warning(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 8, 3), i * 50, np.uint8))
+    (tmp_path / "1.png").write_bytes(b"not a png")
+    src = make_source(str(tmp_path))
+    src.open()
+    with pytest.warns(RuntimeWarning, match="cannot read image 1.png; skipped"):
+        frames = [src.read(), src.read(), src.read()]
+    assert [f[0, 0, 0] for f in frames[:2]] == [0, 100] and frames[2] is None
+    assert [p.name for p in src.skipped] == ["1.png"]
+    for i in (0, 2):
+        (tmp_path / f"{i}.png").write_bytes(b"broken")
+    src.open()
+    with pytest.warns(RuntimeWarning), pytest.raises(SourceError, match="none of its 3 images can be read"):
+        src.read()

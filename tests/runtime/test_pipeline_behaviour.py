@@ -160,6 +160,10 @@ def test_cpu_int8_file_choice():
     assert onnx_variants(m, ("a", "b"), "tensorrt", "auto") == {"a": "fp32", "b": "fp32"}
     with pytest.raises(ValueError, match="needs the onnxruntime backend"):
         onnx_variants(m, ("a", "b"), "tensorrt", "on")
+    # FP16 files: run on a GPU provider, not on the CPU one (ONNX Runtime's CPU kernels are FP32)
+    m = folder_with({"a": {"fp32": {}, "fp16": {}}, "b": {"fp32": {}}})
+    assert onnx_variants(m, ("a", "b"), "onnxruntime", "auto", gpu) == {"a": "fp16", "b": "fp32"}
+    assert onnx_variants(m, ("a", "b"), "onnxruntime", "auto", cpu) == {"a": "fp32", "b": "fp32"}
 
 
 @pytest.mark.parametrize("pipelined", [True, False])

@@ -43,16 +43,16 @@ def copy_folder(precision, tmp_path) -> ModelFolder:
     return ModelFolder.read(dst)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "dense-fp16"])
 def test_every_stage_builds_strongly_typed_from_its_precision_file(gpu, tmp_path, precision):
     from export.engines import build_engines
 
     folder = copy_folder(precision, tmp_path)
     logs = []
     info = build_engines(folder, None, skip=False, log=logs.append)
-    rec = gpu
-    assert info["built"] and len(info["engines"]) == 4
-    assert rec.network_flags == [STRONGLY_TYPED] * 4  # nothing but STRONGLY_TYPED, every stage
+    rec, n = gpu, len(folder.specs)
+    assert info["built"] and len(info["engines"]) == n
+    assert rec.network_flags == [STRONGLY_TYPED] * n  # nothing but STRONGLY_TYPED, every stage
     assert rec.config_flags_set == []  # no precision flags: the precision is the ONNX graph's
     assert all(size == 4 << 30 for size in rec.memory_pools.values())
     for name, spec in folder.specs.items():
@@ -64,11 +64,14 @@ def test_every_stage_builds_strongly_typed_from_its_precision_file(gpu, tmp_path
         assert (folder.path / e.file).is_file() and e.file == f"{name}.{st.precision}.engine"
         dynamic = any(t.dynamic_axes for t in spec.inputs)
         assert len(e.build["profiles"]) == (len(spec.profile_ranges) if dynamic else 0)
-    # memory attention: the one-memory bucket, then the full range (runtime/sam2/spec.py)
-    ma = [p for p in rec.profiles if "mem_feats" in p]
-    assert [p["mem_feats"][2][0] for p in ma] == [1, folder.specs["memory_attention"].axis_ranges["num_mem"][2]]
+    if "memory_attention" in folder.specs:  # the one-memory bucket, then the full range (runtime/sam2/spec.py)
+        ma = [p for p in rec.profiles if "mem_feats" in p]
+        assert [p["mem_feats"][2][0] for p in ma] == [1, folder.specs["memory_attention"].axis_ranges["num_mem"][2]]
+    if precision == "int8":
+        assert {st.precision for st in folder.manifest.stages.values()} == {"int8", "fp16"}
     assert (folder.path / "timing.cache").read_bytes() == b"timing-cache"
-    print(f"TensorRT {trt.__version__}: {precision} folder: 4 strongly typed engines, "
+    print(f"TensorRT {trt.__version__}: {precision} folder: {n} strongly typed engines "
+          f"({', '.join(f'{k} {st.precision}' for k, st in folder.manifest.stages.items())}), "
           f"{len(rec.profiles)} profiles")
 
 

@@ -64,7 +64,11 @@ def resolve_backend(backend: str, folder: ModelFolder, stages: Sequence[str]) ->
 
 def onnx_variants(folder: ModelFolder, stages: Sequence[str], backend: str, cpu_int8: str,
                   providers=None) -> Dict[str, str]:
-    """The ONNX variant (``"fp32"`` or ``"cpu-int8"``) each stage runs from on ONNX Runtime.
+    """The ONNX variant (``"fp32"``, ``"fp16"`` or ``"cpu-int8"``) each stage runs from on ONNX Runtime.
+
+    On a GPU provider (CUDA, ...) a stage with an FP16 file runs it (the fast
+    path there); on the CPU provider FP32 or dynamic INT8 (ONNX Runtime's CPU
+    kernels have little FP16: the FP16 files run there, but slower than FP32).
 
     ``backend``: the resolved backend; ``providers``: ONNX Runtime providers
     (None: the default ones). See the module docstring for ``cpu_int8``.
@@ -80,14 +84,14 @@ def onnx_variants(folder: ModelFolder, stages: Sequence[str], backend: str, cpu_
                 "cpu_int8='on' but this model folder has no dynamic-INT8 ONNX files: build it "
                 "with `python -m export.build ... --cpu-int8-stages image_encoder,memory_attention`, "
                 "or run FP32 (cpu_int8='off')")
-    use = cpu_int8 == "on"
-    if cpu_int8 == "auto" and backend == "onnxruntime" and has:
-        from runtime.core.backends.onnxruntime import default_providers
+    from runtime.core.backends.onnxruntime import default_providers
 
-        use = list(providers or default_providers()) == ["CPUExecutionProvider"]
+    cpu_only = list(providers or default_providers()) == ["CPUExecutionProvider"]
+    use = cpu_int8 == "on" or (cpu_int8 == "auto" and backend == "onnxruntime" and bool(has) and cpu_only)
     if use:
         has = _drop_saturating(folder, has, strict=cpu_int8 == "on")
-    return {s: "cpu-int8" if use and s in has else "fp32" for s in stages}
+    fp16 = {s for s in stages if "fp16" in folder.stage(s).files} if backend == "onnxruntime" and not cpu_only else set()
+    return {s: "cpu-int8" if use and s in has else "fp16" if s in fp16 else "fp32" for s in stages}
 
 
 def _drop_saturating(folder: ModelFolder, stages, strict: bool):

@@ -48,15 +48,19 @@ class OnnxRuntimeStageRunner(StageRunner):
     Session options are set deliberately: all graph optimisations, intra-op
     threads = ``threads`` (0 lets ORT use one per physical core), sequential
     execution (the graphs are chains; parallel mode only adds scheduling cost).
-    The graph's inputs and outputs must match the stage spec (names, dtypes).
+    ``arena=False`` turns ONNX Runtime's CPU memory arena off: a session then
+    keeps no memory between runs (slower allocation; for tools that hold many
+    sessions, such as calibration). The graph's inputs and outputs must match
+    the stage spec (names, dtypes).
     """
 
     backend_name = "onnxruntime"
 
     def __init__(self, spec: StageSpec, model: Union[bytes, str, Path], threads: int = 0,
-                 providers: Optional[Sequence[str]] = None, source: str = ""):
+                 providers: Optional[Sequence[str]] = None, source: str = "", arena: bool = True):
         super().__init__(spec, source or (Path(model).name if not isinstance(model, bytes) else spec.name))
         self.model = model
+        self.arena = arena
         self.threads = threads
         self.providers = list(providers) if providers else None
         self.session = None
@@ -68,6 +72,9 @@ class OnnxRuntimeStageRunner(StageRunner):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = self.threads or 0
         so.log_severity_level = 3
+        if not self.arena:
+            so.enable_cpu_mem_arena = False
+            so.enable_mem_pattern = False
         providers = self.providers or default_providers()
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:
