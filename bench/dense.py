@@ -2,7 +2,7 @@
 
 ``bench.throughput`` measures the few-shot pipeline; this measures the dense
 folders with the same figures and helpers (``summarize``, ``time_calls``,
-FLOPs from ``bench.flops``, the machine peak from ``bench.peak``), one row set
+FLOPs counted at export and stored in the manifest, the machine peak from ``bench.peak``), one row set
 per folder (folders of different models may be mixed):
 
 - **parts**: each exported part alone on identical feeds at batch 1, median /
@@ -12,7 +12,7 @@ per folder (folders of different models may be mixed):
   on a ``--image-hw`` uint8 image: pre-processing, every part, post-processing;
 - **batch**: the chained parts at each ``--batch`` size the engines allow,
   images/s;
-- with ``--compare-pytorch``: the same parts as PyTorch eager modules (and the
+- with ``--compare-pytorch`` (needs torch and ``export/``): the same parts as PyTorch eager modules (and the
   whole model) in the same run, and every part's speed-up over PyTorch.
 
 Writes ``OUT.json`` and ``OUT.md``. Bad input exits with status 2.
@@ -88,24 +88,28 @@ def _row(part, s, flop, peak, pt_median=None):
 
 
 def bench_folder(engine_dir: Path, manifest, args, peak: float) -> dict:
-    import torch
-
-    from bench.flops import count_flops
-    from export.dense.models import build_dense, export_nets, reference_net
+    from bench.cases import case_key
     from runtime.core.spec import example_feeds
     from runtime.dense.features import FeatureExtractor
     from runtime.dense.segmenter import DenseSegmenter, run_parts
 
-    choice = choice_from_manifest(manifest)
     specs = manifest.specs
-    model = build_dense(choice)  # FLOPs and eager timings do not depend on the weights' values
-    nets = export_nets(model, choice)
-    flops = {k: count_flops(nets[k], specs[k], {"batch": 1}) for k in specs}
-    cls = FeatureExtractor if choice.kind == "features" else DenseSegmenter
+    flops = {k: manifest.flops.get("export", {}).get(case_key(k, {"batch": 1})) for k in specs}
+    cls = FeatureExtractor if manifest.kind == "features" else DenseSegmenter
     runner = cls.load(engine_dir, backend=args.backend, threads=args.threads)
     label = f"{engine_dir.name} [{runner.backend}, {manifest.precision}]"
     pt_parts: Dict[str, dict] = {}
     if args.compare_pytorch:
+        try:
+            import torch
+
+            from export.dense.models import build_dense, export_nets, reference_net
+        except ImportError as e:
+            raise BenchError(f"--compare-pytorch needs the workstation side (torch, export/): {e}; "
+                             "install it (scripts/install.sh) or drop --compare-pytorch") from e
+        choice = choice_from_manifest(manifest)
+        model = build_dense(choice)  # eager timings do not depend on the weights' values
+        nets = export_nets(model, choice)
         if args.threads:
             torch.set_num_threads(args.threads)
         with torch.no_grad():
@@ -123,7 +127,7 @@ def bench_folder(engine_dir: Path, manifest, args, peak: float) -> dict:
         parts.append(_row(k, s, flops[k], peak, pt_parts.get(k, {}).get("median")))
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (*args.hw, 3), dtype=np.uint8)
-    call = runner.extract if choice.kind == "features" else runner.predict
+    call = runner.extract if manifest.kind == "features" else runner.predict
     per: Dict[str, List[float]] = {}
     time_calls(lambda: call(img), args.warmup, 0)
     for _ in range(args.iterations):
@@ -145,8 +149,8 @@ def bench_folder(engine_dir: Path, manifest, args, peak: float) -> dict:
                                  args.warmup, args.iterations))
         batch.append({"batch": b, **s, "images_per_s": b / s["median"]})
     runner.close()
-    return {"label": label, "engines": str(engine_dir), "kind": choice.kind,
-            "model": choice.describe(), "backend": runner.backend, "precision": manifest.precision,
+    return {"label": label, "engines": str(engine_dir), "kind": manifest.kind,
+            "model": manifest.model.to_dict(), "backend": runner.backend, "precision": manifest.precision,
             "parts": parts, "pytorch_parts": [_row(k, s, flops[k], peak) for k, s in pt_parts.items()],
             "end_to_end": e2e, "batch": batch, "peak_rss_mb": peak_rss_mb()}
 
@@ -197,8 +201,6 @@ def markdown(rec: dict) -> str:
 
 def run(args) -> dict:
     manifests = _validate(args)
-    import torch
-
     from bench.peak import measure_peak
 
     peak = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
@@ -211,7 +213,7 @@ def run(args) -> dict:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": _machine(), "versions": _versions(),
             "settings": {"backend": args.backend, "threads": args.threads, "batch": args.batch_list,
                          "iterations": args.iterations, "warmup": args.warmup,
-                         "compare_pytorch": args.compare_pytorch, "torch_threads": torch.get_num_threads()},
+                         "compare_pytorch": args.compare_pytorch},
             "peak": peak, "peak_gflops": peak_gflops, "variants": variants}
 
 

@@ -2,8 +2,10 @@
 
 The achieved GFLOP/s of every stage is reported as a fraction of this number,
 so "40% of peak" means the same thing on any machine. On the CPU the matmul
-runs through torch (MKL/oneDNN) with the benchmark's thread count; where
-``torch.cuda`` is available it is also timed on the GPU with CUDA events.
+runs through torch (MKL/oneDNN) with the benchmark's thread count where torch
+is installed, else through NumPy's BLAS (the device side, where only the
+runtime is installed: its own thread count); the record names the library.
+Where ``torch.cuda`` is available it is also timed on the GPU with CUDA events.
 The CPU's INT8 GEMM rate (ONNX Runtime's ``MatMulInteger``, uint8 x int8, the
 kernel the dynamic-INT8 stages run on) is measured too, for reading the
 ``--cpu-int8`` variants: their GEMMs can run faster than the FP32 peak.
@@ -29,8 +31,16 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def cpu_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = None) -> Dict[str, float]:
     """Best-of-``repeats`` GFLOP/s of an ``n x n`` fp32 matmul on the CPU."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        import numpy as np
 
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        best = _best_seconds(lambda: a @ b, repeats)
+        return {"device": "cpu", "library": f"numpy {np.__version__}", "n": n, "seconds": best,
+                "gflops": 2.0 * n ** 3 / best / 1e9, "threads": None}
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -38,18 +48,22 @@ def cpu_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = No
         a = torch.randn(n, n)
         b = torch.randn(n, n)
         best = _best_seconds(lambda: torch.mm(a, b), repeats)
-        return {"device": "cpu", "n": n, "seconds": best, "gflops": 2.0 * n ** 3 / best / 1e9,
-                "threads": torch.get_num_threads()}
+        return {"device": "cpu", "library": f"torch {torch.__version__}", "n": n, "seconds": best,
+                "gflops": 2.0 * n ** 3 / best / 1e9, "threads": torch.get_num_threads()}
     finally:
         torch.set_num_threads(old)
 
 
 def cpu_int8_matmul_peak(n: int = 4096, repeats: int = 3, threads: Optional[int] = None
-                         ) -> Dict[str, float]:
-    """Best-of-``repeats`` GOP/s of an ``n x n`` uint8 x int8 ``MatMulInteger`` in ONNX Runtime (CPU)."""
+                         ) -> Optional[Dict[str, float]]:
+    """Best-of-``repeats`` GOP/s of an ``n x n`` uint8 x int8 ``MatMulInteger`` in ONNX Runtime (CPU);
+    None where the ``onnx`` package (to write the one-node graph) is not installed."""
     import numpy as np
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    try:
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
 
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_peak",

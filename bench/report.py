@@ -158,15 +158,20 @@ def plot(rec: Dict, path: Path) -> None:
 
 
 def write_report(rec: Dict, out: Path) -> Dict[str, Path]:
-    """Write ``out.json``, ``out.md`` and ``out.png``; returns their paths."""
+    """Write ``out.json``, ``out.md`` and, where matplotlib is installed, ``out.png``; returns their paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"json": out.with_suffix(".json"), "md": out.with_suffix(".md"), "png": out.with_suffix(".png")}
+    try:
+        import matplotlib  # noqa: F401  (the bench extra; absent where only the runtime is installed)
+    except ImportError:
+        del paths["png"]
     write_json_atomic(paths["json"], rec)
     md = markdown(rec)
     with atomic_path(paths["md"]) as tmp:
         Path(tmp).write_text(md)
-    plot(rec, paths["png"])
+    if "png" in paths:
+        plot(rec, paths["png"])
     return paths
 
 

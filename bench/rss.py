@@ -5,15 +5,31 @@ several variants one after another it says nothing about the later ones.
 :class:`RssSampler` samples the resident set size every ``interval`` seconds
 while a variant runs and reports its peak and how far that peak rose above
 the RSS the variant started at (what loading and running it cost on top of
-what the process already held).
+what the process already held). RSS comes from psutil where installed, else
+from ``/proc/self/statm`` (Linux devices with only the runtime installed).
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
-import psutil
+
+def rss_reader() -> Callable[[], int]:
+    """A function returning this process's resident set size in bytes."""
+    try:
+        import psutil
+    except ImportError:
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        def from_proc() -> int:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * page
+
+        return from_proc
+    proc = psutil.Process()
+    return lambda: proc.memory_info().rss
 
 
 class RssSampler:
@@ -21,13 +37,13 @@ class RssSampler:
 
     def __init__(self, interval: float = 0.02):
         self.interval = interval
-        self._proc = psutil.Process()
+        self._rss = rss_reader()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.start_mb = self.peak_mb = 0.0
 
     def _rss_mb(self) -> float:
-        return self._proc.memory_info().rss / 2 ** 20
+        return self._rss() / 2 ** 20
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -5,8 +5,8 @@ are compared) and every ``--shots`` k, on the same synthetic images:
 
 - **stages**: each stage runner alone on identical feeds (memory attention
   with k memories and k pointers), warm-up then N iterations, median / p90 /
-  p99; FLOPs per stage (bench/flops.py, counted once on the PyTorch
-  sub-networks) and achieved GFLOP/s as a fraction of the machine peak
+  p99; FLOPs per stage (counted at export on the PyTorch sub-networks and
+  stored in the manifest: no PyTorch needed here) and achieved GFLOP/s as a fraction of the machine peak
   measured in the same run (bench/peak.py);
 - **pipeline**: ``FewShotSegmenter`` steady state (references cached: one
   ``segment`` per frame, per-stage timings incl. pre/post-processing) and
@@ -20,7 +20,8 @@ are compared) and every ``--shots`` k, on the same synthetic images:
   timed twice, FP32 and with their dynamic-INT8 stages (ONNX Runtime CPU);
 - several folders (e.g. one built with ``--plain-export``, one without):
   every figure also as a ratio to the first variant ("vs 1st");
-- with ``--compare-pytorch``: the same on the PyTorch reference
+- with ``--compare-pytorch`` (needs the workstation side: torch, sam2,
+  ``export/``): the same on the PyTorch reference
   (``TorchFewShotSegmenter`` and the sub-networks in sam2's order of
   operations) in the same run, every figure also as a speed-up ratio;
 - host memory per variant: peak RSS while it ran and its rise above the RSS
@@ -50,6 +51,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from bench.cases import case_key, clamp_axes, sam2_cases
 from runtime.errors import UsageError
 
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
@@ -153,13 +155,10 @@ def peak_rss_mb() -> float:
 
 
 def _device_mem_mb() -> Optional[float]:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.max_memory_allocated() / 2 ** 20
-    except ImportError:
-        pass
+    """CUDA memory PyTorch allocated (the ``--compare-pytorch`` reference); None where torch is not in use."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
     return None
 
 
@@ -174,24 +173,6 @@ def synthetic_images(size: int, count: int, seed: int = 0):
         cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
         masks.append((yy - cy) ** 2 + (xx - cx) ** 2 < (size // 6) ** 2)
     return imgs, masks
-
-
-def stage_cases(shots: List[int]) -> Dict[str, dict]:
-    cases = {"image_encoder": {"stage": "image_encoder", "batch": 1},
-             "memory_encoder": {"stage": "memory_encoder", "batch": 1},
-             "mask_decoder": {"stage": "mask_decoder", "batch": 1, "num_points": 1}}
-    for k in shots:
-        cases[f"memory_attention@{k}"] = {"stage": "memory_attention", "num_mem": k, "num_ptr": k}
-    return cases
-
-
-def _case_axes(case, specs):
-    axes = {k: v for k, v in case.items() if k != "stage"}
-    rng = specs[case["stage"]].axis_ranges
-    for k, v in list(axes.items()):
-        if k in rng:
-            axes[k] = min(max(v, rng[k][0]), rng[k][2])
-    return axes
 
 
 # ------------------------------------------------------------------ runs
@@ -237,7 +218,7 @@ def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases
            "engines": str(engine_dir), "backend": seg.backend, "precision": precision,
            "cpu_int8_stages": int8, "stages": {}, "pipeline": {}, "batch": {}}
     for name, case in cases.items():
-        feeds = example_feeds(specs[case["stage"]], _case_axes(case, specs))
+        feeds = example_feeds(specs[case["stage"]], clamp_axes(case, specs))
         r = seg.session.runners[case["stage"]]
         raw["stages"][name] = time_calls(lambda: r.infer(feeds), args.warmup, args.iterations)
     for k in args.shots_list:
@@ -279,7 +260,7 @@ def collect_pytorch(args, frames, refs, masks, cases, nets, specs, model) -> dic
            "stages": {}, "pipeline": {}, "batch": {}}
     with torch.no_grad():
         for name, case in cases.items():
-            feeds = example_feeds(specs[case["stage"]], _case_axes(case, specs))
+            feeds = example_feeds(specs[case["stage"]], clamp_axes(case, specs))
             net = nets[case["stage"]]
             targs = [torch.from_numpy(feeds[n]) for n in specs[case["stage"]].input_names]
             raw["stages"][name] = time_calls(lambda: net(*targs), args.warmup, args.iterations)
@@ -403,10 +384,12 @@ def _machine() -> dict:
 
 def _versions() -> dict:
     out = {}
-    for mod in ("numpy", "onnxruntime", "torch", "onnx", "matplotlib"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch", "onnx", "matplotlib"):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:
+            out[mod] = version(mod)
+        except PackageNotFoundError:
             out[mod] = None
     return out
 
@@ -456,28 +439,48 @@ def measure_rounds(args, variants, frames, refs, masks, cases, nets, specs, mode
             "pytorch": pool_rounds(rounds["pytorch"]) if args.compare_pytorch else None}
 
 
+def _pytorch_side(m0):
+    """The PyTorch reference model of ``m0`` (``--compare-pytorch``), or a clear error without torch."""
+    try:
+        import torch  # noqa: F401
+        import export.assembly  # noqa: F401
+    except ImportError as e:
+        raise BenchError(f"--compare-pytorch needs the workstation side (torch, sam2, export/): {e}; "
+                         "install it (scripts/install.sh) or drop --compare-pytorch") from e
+    model = _model_for(m0)
+    return model, reference_nets(model)
+
+
+def stored_flops(manifest, cases) -> Dict[str, Dict[str, int]]:
+    """``{"reference": {case: flops}, "export": {...}}`` for ``cases``, from the manifest
+    (counted at export); cases the folder has no count for are left out."""
+    out: Dict[str, Dict[str, int]] = {"reference": {}, "export": {}}
+    for name, case in cases.items():
+        key = case_key(case["stage"], clamp_axes(case, manifest.specs))
+        for which in out:
+            if key in manifest.flops.get(which, {}):
+                out[which][name] = manifest.flops[which][key]
+    return out
+
+
 def run(args) -> dict:
     manifests = validate(args)
-    import torch
-
-    from bench.flops import stage_flops
     from bench.peak import measure_peak
-    from export.subnets import build_subnets
+
     m0 = manifests[0]
     size = m0.image_size
     specs = m0.specs
     peak = measure_peak(min(args.peak_size, 4096), threads=args.threads or None)
-    model = _model_for(m0)
-    nets = reference_nets(model)
-    cases = stage_cases(args.shots_list)
-    t = time.perf_counter()
-    axes = {n: {"stage": c["stage"], **_case_axes(c, specs)} for n, c in cases.items()}
-    flops = stage_flops(nets, specs, axes)
-    # Only memory attention's export differs from the reference computation.
-    exported = stage_flops(build_subnets(model), specs,
-                           {n: a for n, a in axes.items() if a["stage"] == "memory_attention"})
-    print(f"[flops] counted in {time.perf_counter() - t:.1f}s: "
-          + ", ".join(f"{k} {v / 1e9:.1f} GFLOP" for k, v in flops.items()), flush=True)
+    model, nets = _pytorch_side(m0) if args.compare_pytorch else (None, None)
+    cases = sam2_cases(args.shots_list)
+    counted = stored_flops(m0, cases)
+    flops, exported = counted["reference"], counted["export"]
+    if flops:
+        print("[flops] from the manifest: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP" for k, v in flops.items()),
+              flush=True)
+    else:
+        print(f"[flops] {args.folders[0]} records no FLOPs (built before export counted them): "
+              "GFLOP/s columns stay empty; rebuild it with export.build to get them", flush=True)
     imgs, masks = synthetic_images(size, max(args.shots_list) + 2, seed=0)
     refs, frames = imgs[:-2], imgs[-2:]
     raw = measure_rounds(args, engine_variants(args, manifests), frames, refs, masks, cases, nets,
@@ -489,15 +492,18 @@ def run(args) -> dict:
         _attach_ratios(variants, pt)
     if len(variants) > 1:
         _attach_ratios(variants[1:], variants[0], "1st")
+    settings = {"backend": args.backend, "threads": args.threads, "shots": args.shots_list,
+                "batch": args.batch_list, "iterations": args.iterations, "warmup": args.warmup,
+                "rounds": args.rounds, "cpu_int8": args.cpu_int8,
+                "compare_pytorch": args.compare_pytorch, "folders": [str(d) for d in args.folders]}
+    if args.compare_pytorch:
+        import torch
+
+        settings["torch_threads"] = torch.get_num_threads()
     return {
         "command": "python -m bench.throughput " + " ".join(shlex.quote(a) for a in args.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": _machine(), "versions": _versions(),
-        "settings": {"backend": args.backend, "threads": args.threads, "shots": args.shots_list,
-                     "batch": args.batch_list, "iterations": args.iterations, "warmup": args.warmup,
-                     "rounds": args.rounds, "cpu_int8": args.cpu_int8,
-                     "compare_pytorch": args.compare_pytorch, "torch_threads": torch.get_num_threads(),
-                     "folders": [str(d) for d in args.folders]},
+        "machine": _machine(), "versions": _versions(), "settings": settings,
         "model": {"name": m0.model.name, "sam2_version": m0.model.sam2_version,
                   "image_size": m0.image_size, "kind": m0.kind},
         "peak": peak, "flops": flops, "flops_export": exported, "variants": variants, "pytorch": pt,

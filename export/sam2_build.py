@@ -144,6 +144,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                            previous.manifest.stages.get(name) if previous else None,
                            fold=not opts.plain_export, log=log, step=f"[{i}/4] ")
         for i, name in enumerate(STAGES, 1)}
+    flops = _count_flops(model, nets, specs, opts.plain_export, log)
     constants_path = out / CONSTANTS_NAME
     with atomic_path(constants_path) as tmp:
         with open(tmp, "wb") as f:
@@ -159,7 +160,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                                                     "folded_into": "image_encoder"},
             random_weights=opts.random_weights, seed=opts.seed if opts.random_weights else None),
         model_config=model_config(model), specs=specs, stages=stages, precision=opts.precision,
-        fingerprint=fp, created=now(),
+        fingerprint=fp, created=now(), flops=flops,
         constants=FileRecord(CONSTANTS_NAME, sha256_file(constants_path)),
         provenance={
             "versions": versions(),
@@ -185,6 +186,24 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     manifest.tensorrt = build_engines(folder, previous, skip=opts.skip_tensorrt, log=log)
     finish(folder, t0, log)
     return folder
+
+
+def _count_flops(model, nets, specs, plain: bool, log: Log) -> dict:
+    """FLOPs of every benchmark case (``bench.cases``): sam2's computation (value
+    projections unfolded) and what the exported graphs execute; stored in the
+    manifest so ``bench.throughput`` needs no PyTorch."""
+    from bench.cases import sam2_counted_cases
+    from export.flops import stage_flops
+    from export.subnets import build_subnets
+
+    t = time.time()
+    cases = sam2_counted_cases(specs)
+    reference = stage_flops(nets if plain else build_subnets(model, fold_values=False), specs, cases)
+    exported = dict(reference)
+    if not plain:  # only memory attention's export differs from sam2's computation
+        exported.update(stage_flops({"memory_attention": nets["memory_attention"]}, specs, cases))
+    log(f"[flops] {len(cases)} benchmark cases counted in {time.time() - t:.1f}s")
+    return {"reference": reference, "export": exported}
 
 
 def _reduced_precision(folder: ModelFolder, opts: BuildOptions, log: Log) -> None:

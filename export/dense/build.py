@@ -178,6 +178,12 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                              "settings; export it in parts with --split") from e
         records[name].precision = "fp32"  # fp16 parts switch once their FP16 file is written
 
+    from bench.cases import batch1_cases
+    from export.flops import stage_flops
+
+    t = time.time()
+    flops = stage_flops(nets, specs, batch1_cases(specs))
+    log(f"[flops] {len(flops)} parts counted in {time.time() - t:.1f}s")
     manifest = Manifest(
         kind=choice.kind,
         model=ModelRecord(
@@ -187,7 +193,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                      "dino": choice.describe()["dino"], "dino_config": opts.dino_config if choice.dino else None,
                      "parts": list(specs), "outputs": _final_names(specs)}),
         model_config=model_config(model, choice), specs=specs, stages=records, precision=opts.precision,
-        fingerprint=fp, created=now(),
+        fingerprint=fp, created=now(), flops={"reference": flops, "export": flops},
         provenance={
             "versions": versions(),
             "checkpoints": {"model": {"path": str(opts.checkpoint), "sha256": ckpt_hash}} if opts.checkpoint else {},

@@ -223,7 +223,10 @@ class Manifest:
     ``checks`` holds the folder-level accuracy checks with their gates
     (``end_to_end``, ``fp16``, ``int8``, ``cpu-int8``: each a dict with
     ``passed``); ``tensorrt`` whether engines were built and why not;
-    ``provenance`` versions, checkpoints and where each setting came from.
+    ``provenance`` versions, checkpoints and where each setting came from;
+    ``flops`` the work of every benchmark case (``bench.cases.case_key``),
+    counted at export: ``reference`` sam2's computation, ``export`` what the
+    exported graphs execute (less where exact folds removed work).
     """
 
     kind: str
@@ -240,6 +243,7 @@ class Manifest:
     checks: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     tensorrt: Dict[str, Any] = field(default_factory=dict)
     provenance: Dict[str, Any] = field(default_factory=dict)
+    flops: Dict[str, Dict[str, int]] = field(default_factory=dict)
 
     @property
     def image_size(self) -> int:
@@ -270,6 +274,7 @@ class Manifest:
             "stages": {s: r.to_dict() for s, r in self.stages.items()},
             "constants": self.constants.to_dict() if self.constants else None,
             "checks": self.checks, "tensorrt": self.tensorrt, "provenance": self.provenance,
+            "flops": self.flops,
         }
 
     @classmethod
@@ -295,7 +300,8 @@ class Manifest:
                 fingerprint=str(d.get("fingerprint", "")), created=str(d.get("created", "")),
                 constants=FileRecord.from_dict(d["constants"]) if d.get("constants") else None,
                 checks=dict(d.get("checks") or {}), tensorrt=dict(d.get("tensorrt") or {}),
-                provenance=dict(d.get("provenance") or {}))
+                provenance=dict(d.get("provenance") or {}),
+                flops={str(k): {str(c): int(n) for c, n in v.items()} for k, v in (d.get("flops") or {}).items()})
         except ModelFolderError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:

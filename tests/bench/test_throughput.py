@@ -122,3 +122,44 @@ def test_cpu_int8_both_times_fp32_and_int8_with_ratios(cpu_int8_engines, tiny_en
 def test_cpu_int8_on_without_int8_files_rejected(tiny_engines, tmp_path, capsys):
     assert main(["--model-dir", str(tiny_engines), "--cpu-int8", "on", "--out", str(tmp_path / "r")]) == 2
     assert "no dynamic-INT8 stages" in capsys.readouterr().err
+
+
+# What a device with only the runtime's dependencies lacks (pyproject "dependencies").
+WORKSTATION_ONLY = ("torch", "torchvision", "onnx", "sam2", "export", "calib", "psutil", "matplotlib")
+
+
+def test_runs_without_the_workstation_side(tiny_engines, tmp_path):
+    """bench.throughput on a folder, with torch, onnx, export/, psutil and matplotlib unimportable:
+    FLOPs come from the manifest, RSS from /proc, no PNG (the CI step `scripts/runtime_only_check.sh`
+    does the same in a real venv with only the runtime installed)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy\n"
+            f"for m in {WORKSTATION_ONLY!r}: sys.modules[m] = None\n"
+            "sys.argv = ['bench.throughput'] + sys.argv[1:]\n"
+            "runpy.run_module('bench.throughput', run_name='__main__')\n")
+    out = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-c", code, "--model-dir", str(tiny_engines), "--shots", "1",
+                           "--batch", "1", "--iterations", "2", "--warmup", "0", "--peak-size", "256",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["peak"]["cpu"]["library"].startswith("numpy") and rec["peak"]["cpu_int8"] is None
+    assert all(r["gflop"] > 0 for r in rec["variants"][0]["stages"])
+    assert rec["variants"][0]["rss_peak_mb"] > 0
+    assert not out.with_suffix(".png").exists()
+
+
+def test_compare_pytorch_without_torch_says_what_is_missing(tiny_engines, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy\nsys.modules['torch'] = None\n"
+            "sys.argv = ['bench.throughput'] + sys.argv[1:]\n"
+            "runpy.run_module('bench.throughput', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code, "--model-dir", str(tiny_engines), "--compare-pytorch",
+                           "--iterations", "1", "--peak-size", "64", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "--compare-pytorch needs the workstation side" in proc.stderr

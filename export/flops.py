@@ -1,7 +1,8 @@
-"""Work per stage, counted once with ``torch.utils.flop_counter.FlopCounterMode``.
+"""Work per stage, counted at export with ``torch.utils.flop_counter.FlopCounterMode``.
 
 Counted on the PyTorch sub-networks of :func:`export.subnets.build_subnets`
-(the graphs that are exported), on the benchmark's shapes. On the CPU,
+on every benchmark case (:mod:`bench.cases`) and stored in the manifest, so the
+benchmarks run where only the runtime is installed. On the CPU,
 ``F.scaled_dot_product_attention`` dispatches to
 ``aten._scaled_dot_product_flash_attention_for_cpu``, which FlopCounterMode
 does not count (it reports 0 for it): the counter would miss ~2/3 of memory
@@ -45,9 +46,12 @@ def count_flops(net: torch.nn.Module, spec: StageSpec, axes: Mapping[str, int]) 
 
 def stage_flops(nets: Mapping[str, torch.nn.Module], specs: Mapping[str, StageSpec],
                 cases: Mapping[str, Mapping[str, int]]) -> Dict[str, int]:
-    """``{case_name: flops}`` where ``cases[case_name]`` is ``{"stage": name, **axes}``."""
+    """``{case_name: flops}`` where ``cases[case_name]`` is ``{"stage": name, **axes}``
+    (only the cases whose stage is in ``nets``)."""
     out = {}
     for name, case in cases.items():
+        if case["stage"] not in nets:
+            continue
         axes = {k: v for k, v in case.items() if k != "stage"}
         out[name] = count_flops(nets[case["stage"]], specs[case["stage"]], axes)
     return out
