@@ -29,7 +29,7 @@ import numpy as np
 
 from runtime.core.backends.base import StageRunner
 from runtime.core.images import image_to_float_rgb
-from runtime.core.resize import resize_bilinear, resize_uint8_pil
+from runtime.core.resize import resize_bilinear, resize_uint8_pil, upsample_bilinear
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.core.spec import StageSpec
 from runtime.dense.spec import LOGITS
@@ -73,7 +73,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def logits_to_probability(logits: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
     """``[S,S]`` logits -> ``[H,W]`` probability map (resize, then sigmoid, as the authors)."""
-    return sigmoid(resize_bilinear(logits, image_hw, antialias=False))
+    return sigmoid(upsample_bilinear(logits, image_hw))
 
 
 def prob_to_png(prob: np.ndarray, minmax: bool = True) -> np.ndarray:

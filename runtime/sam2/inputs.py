@@ -9,7 +9,7 @@ from typing import Tuple
 
 import numpy as np
 
-from runtime.core.resize import resize_bilinear
+from runtime.core.resize import resize_bilinear, upsample_bilinear
 from runtime.errors import InputError
 
 
@@ -83,4 +83,4 @@ def mask_downsample(hard: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> n
 
 def logits_to_image(low_res: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
     """``[S/4,S/4]`` logits -> ``[H,W]`` (bilinear, align_corners=False)."""
-    return resize_bilinear(low_res, image_hw, antialias=False)
+    return upsample_bilinear(low_res, image_hw)

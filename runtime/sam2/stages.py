@@ -17,7 +17,7 @@ from runtime.core.backends.base import StageRunner
 from runtime.core.session import EngineSession
 from runtime.errors import InputError, ModelFolderError, ProfileLimitError
 from runtime.sam2.inputs import image_to_model_input, mask_downsample
-from runtime.core.resize import resize_bilinear
+from runtime.core.resize import resize_bilinear, upsample_bilinear
 from runtime.sam2.spec import STAGES
 
 NO_OBJ_SCORE = -1024.0  # sam2's logit for "object absent"
@@ -139,7 +139,7 @@ class Sam2Stages:
         """sam2's ``_encode_new_memory`` from a stored low-res mask: plain bilinear
         up to S, then binarised (masks from clicks, where the config says so) or
         not (sigmoid of the logits, in the graph)."""
-        high = resize_bilinear(out.low_res, (self.size, self.size), antialias=False)
+        high = upsample_bilinear(out.low_res, (self.size, self.size))
         if binarize:
             high = np.where(high > 0, BINARIZED_LOGIT, -BINARIZED_LOGIT).astype(np.float32)
         return self.encode_memory(enc, high, out.object_score)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from runtime.sam2.memory import select_memories, select_pointers, sine_pe_1d
 from runtime.sam2.inputs import mask_downsample
-from runtime.core.resize import resize_bilinear
+from runtime.core.resize import resize_bilinear, upsample_bilinear
 
 
 @pytest.mark.parametrize("src,dst", [((480, 640), (256, 256)), ((1080, 1920), (1024, 1024)),
@@ -22,6 +22,21 @@ def test_resize_matches_torch_interpolate(src, dst, antialias):
     ref = F.interpolate(torch.from_numpy(x).permute(2, 0, 1)[None], size=dst, mode="bilinear",
                         align_corners=False, antialias=antialias)[0].permute(1, 2, 0).numpy()
     assert np.abs(resize_bilinear(x, dst, antialias=antialias) - ref).max() < 2e-5
+
+
+@pytest.mark.parametrize("src,dst", [((256, 256), (1080, 1920)), ((256, 256), (720, 1280)),
+                                     ((64, 64), (256, 256)), ((256, 256), (480, 640)),
+                                     ((256, 256), (200, 300))])
+def test_upsample_matches_torch_interpolate(src, dst):
+    """Mask logits to the frame (OpenCV where both axes grow): within float rounding of torch's,
+    and the same mask but for a few pixels on the zero crossing."""
+    x = np.random.default_rng(1).standard_normal(src).astype(np.float32) * 5
+    ref = F.interpolate(torch.from_numpy(x)[None, None], size=dst, mode="bilinear",
+                        align_corners=False)[0, 0].numpy()
+    got = upsample_bilinear(x, dst)
+    assert got.shape == dst and got.dtype == np.float32
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(x).max()
+    assert ((got > 0) != (ref > 0)).mean() < 1e-5
 
 
 def _sam2_selection(k, num_maskmem=7, max_ptrs=16):
