@@ -105,7 +105,7 @@ def weight_nodes(model, op_types: Iterable[str] = DEFAULT_OP_TYPES) -> List[str]
 
 
 # Bytes of calibrated tensors one inference may hold at once; more go into further passes over the samples.
-PASS_BYTES = 1 << 30
+PASS_BYTES = 1 << 29
 
 
 def tensor_bytes(model, names: Iterable[str]) -> Dict[str, int]:
@@ -169,6 +169,7 @@ def calibrate(fp32_onnx: str | Path, samples: Sequence[Mapping[str, np.ndarray]]
     ``quantize_static(calibration_cache_path=)``.
     """
     import contextlib
+    import gc
     import io
 
     import onnx
@@ -194,7 +195,8 @@ def calibrate(fp32_onnx: str | Path, samples: Sequence[Mapping[str, np.ndarray]]
             result = cal.compute_data()
         cal_method = result.calibration_method
         data.update(result.data)
-        del cal
+        del cal, result
+        gc.collect()  # the pass's ONNX Runtime session (and its arena) goes before the next one opens
         (work / f"augmented-{g}.onnx").unlink(missing_ok=True)
     cache = work / "ranges.json"
     ortc.save_tensors_data(ortc.TensorsData(cal_method, data), cache)

@@ -71,7 +71,7 @@ def open_session(folder: ModelFolder, variants: Optional[Mapping[str, Any]] = No
                 continue
             model = v if v is not None else folder.read_verified(folder.file_record(s, "fp32"))
             runners[s] = OnnxRuntimeStageRunner(folder.specs[s], model, threads, ["CPUExecutionProvider"],
-                                                arena=False).activate()
+                                                memory="off").activate()
             created.append(runners[s])
         return EngineSession(folder, runners, folder.load_constants())
     except BaseException:

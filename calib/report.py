@@ -50,7 +50,7 @@ def evaluate(folder: ModelFolder, workload, samples, fp32_logits: Sequence[np.nd
     def runner(stage, model):
         if hasattr(model, "infer"):
             return model
-        return OnnxRuntimeStageRunner(specs[stage], model, 0, ["CPUExecutionProvider"], arena=False).activate()
+        return OnnxRuntimeStageRunner(specs[stage], model, 0, ["CPUExecutionProvider"], memory="off").activate()
 
     stages: Dict[str, dict] = {}
     for s in specs:  # one stage at a time: two sessions open, not eight

@@ -33,10 +33,11 @@ def draw_masks(frame: np.ndarray, masks: Mapping[str, np.ndarray],
     """Blend each concept's mask into ``frame`` (BGR uint8, in place), outline it, label it.
 
     Work is confined to the mask's bounding box (plus the 1-pixel outline
-    margin): the colour blend is ``cv2.addWeighted`` there, copied through the
-    mask; the 2-pixel outline is the mask's 3x3 morphological gradient (its
-    boundary pixels inside and out, holes included), so a noisy mask costs no
-    more than a smooth one. The label sits at the box's top-left. Returns ``frame``.
+    margin) and done by OpenCV's masked arithmetic: the blend is the box scaled
+    by ``1 - alpha`` plus ``alpha * colour``, written through the mask; the
+    2-pixel outline is the mask's 3x3 morphological gradient (its boundary
+    pixels inside and out, holes included), so a noisy mask costs no more than
+    a smooth one. The label sits at the box's top-left. Returns ``frame``.
     """
     import cv2
 
@@ -50,13 +51,12 @@ def draw_masks(frame: np.ndarray, masks: Mapping[str, np.ndarray],
         colour = colours.get(concept, PALETTE[i % len(PALETTE)])
         y0, y1, x0, x1 = max(box[0] - 1, 0), min(box[1] + 1, h), max(box[2] - 1, 0), min(box[3] + 1, w)
         roi = frame[y0:y1, x0:x1]  # a view: drawing in it draws in the frame
-        m = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
-        solid = np.empty_like(roi)
-        solid[:] = colour
-        blended = cv2.addWeighted(roi, 1.0 - alpha, solid, alpha, 0.0)
-        cv2.copyTo(blended, m, roi)
+        m = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=bool).view(np.uint8)
+        tint = tuple(float(round(alpha * c)) for c in colour) + (0.0,)  # integral: OpenCV's fast path
+        cv2.add(cv2.convertScaleAbs(roi, alpha=1.0 - alpha), tint, dst=roi, mask=m)
         ring = cv2.morphologyEx(m, cv2.MORPH_GRADIENT, _KERNEL3)
-        cv2.copyTo(solid, ring, roi)
+        cv2.subtract(roi, (255.0, 255.0, 255.0, 0.0), dst=roi, mask=ring)  # saturates to 0 ...
+        cv2.add(roi, tuple(float(c) for c in colour) + (0.0,), dst=roi, mask=ring)  # ... then the colour
         if labels:
             _text(frame, concept, (box[2] + 2, max(box[0] - 4, 12)), colour)
     return frame

@@ -50,17 +50,20 @@ class EngineSession:
     @classmethod
     def open(cls, path: str | Path, *, product: Optional[str] = None, kinds: Optional[Sequence[str]] = None,
              backend: str = "auto", threads: int = 0, providers: Optional[Sequence[str]] = None,
-             cpu_int8: str = "auto", variants: Optional[Mapping[str, str]] = None) -> "EngineSession":
+             cpu_int8: str = "auto", variants: Optional[Mapping[str, str]] = None,
+             memory: str = "arena") -> "EngineSession":
         """Open a folder made by ``python -m export.build`` (of a kind ``product`` runs).
 
         ``backend``: "auto" | "onnxruntime" | "tensorrt"; ``cpu_int8``: whether
         ONNX Runtime on the CPU runs the folder's dynamic-INT8 files
-        (:mod:`runtime.core.backends`); ``variants`` forces ONNX variants per stage.
+        (:mod:`runtime.core.backends`); ``variants`` forces ONNX variants per stage;
+        ``memory``: ONNX Runtime's CPU memory mode, "arena" | "shared" | "off"
+        (``OnnxRuntimeStageRunner``).
         """
         folder = ModelFolder.open(path, kinds=kinds, product=product)
         constants = folder.load_constants() if folder.manifest.constants else {}
         runners = open_runners(folder, folder.specs, backend, threads=threads, providers=providers,
-                               cpu_int8=cpu_int8, variants=variants)
+                               cpu_int8=cpu_int8, variants=variants, memory=memory)
         return cls(folder, runners, constants)
 
     # ----------------------------------------------------------------- lifecycle
@@ -149,14 +152,15 @@ class Product:
 
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "auto", threads: int = 0,
-             providers: Optional[Sequence[str]] = None, cpu_int8: str = "auto", **options):
+             providers: Optional[Sequence[str]] = None, cpu_int8: str = "auto", memory: str = "arena",
+             **options):
         """Open the model folder ``path`` (made by ``python -m export.build``) in a session of its own.
 
-        ``backend``, ``threads``, ``providers``, ``cpu_int8``: see
+        ``backend``, ``threads``, ``providers``, ``cpu_int8``, ``memory``: see
         :meth:`EngineSession.open`; ``options`` go to the class.
         """
         session = EngineSession.open(path, product=cls.__name__, backend=backend, threads=threads,
-                                     providers=providers, cpu_int8=cpu_int8)
+                                     providers=providers, cpu_int8=cpu_int8, memory=memory)
         try:
             product = cls(session, **options)
         except BaseException:

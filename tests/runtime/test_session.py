@@ -94,3 +94,22 @@ def test_wrapped_runners_are_restored(tiny_engines):
             seg.add_reference(img, mask)
         assert seen == ["image_encoder", "mask_decoder", "memory_encoder"]
         assert seg.session.runners == original
+
+
+def test_onnxruntime_memory_modes_give_the_same_masks(tiny_engines):
+    """memory="shared" (one CPU arena for all sessions) and "off" change where memory lives, not results."""
+    from runtime.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    mask = np.zeros((256, 256), bool)
+    mask[80:170, 60:200] = True
+    out = {}
+    for mode in ("arena", "shared", "off"):
+        with FewShotSegmenter.load(tiny_engines, backend="onnxruntime", memory=mode) as seg:
+            seg.add_reference(img, mask, concept="c")
+            out[mode] = seg.segment(img[::-1].copy()).concepts["c"].logits
+    np.testing.assert_allclose(out["shared"], out["arena"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(out["off"], out["arena"], rtol=0, atol=1e-4)
+    with pytest.raises(UsageError, match="memory mode"):
+        FewShotSegmenter.load(tiny_engines, backend="onnxruntime", memory="pooled")

@@ -113,11 +113,12 @@ def _drop_saturating(folder: ModelFolder, stages, strict: bool):
 
 def open_runners(folder: ModelFolder, specs: Mapping[str, StageSpec], backend: str = "auto",
                  threads: int = 0, providers=None, cpu_int8: str = "auto",
-                 variants: Optional[Mapping[str, str]] = None) -> Dict[str, StageRunner]:
+                 variants: Optional[Mapping[str, str]] = None, memory: str = "arena") -> Dict[str, StageRunner]:
     """Create and activate one runner per stage of ``specs`` (all or nothing).
 
     ``variants`` forces the ONNX variant of some stages (onnxruntime only);
-    otherwise ``cpu_int8`` decides (module docstring).
+    otherwise ``cpu_int8`` decides (module docstring). ``memory``: ONNX
+    Runtime's CPU memory mode (``OnnxRuntimeStageRunner``; TensorRT ignores it).
     """
     stages = tuple(specs)
     kind = resolve_backend(backend, folder, stages)
@@ -131,7 +132,7 @@ def open_runners(folder: ModelFolder, specs: Mapping[str, StageSpec], backend: s
             for s in stages:
                 rec = folder.file_record(s, chosen[s])
                 runners[s] = OnnxRuntimeStageRunner(specs[s], folder.read_verified(rec), threads, providers,
-                                                    source=rec.file).activate()
+                                                    source=rec.file, memory=memory).activate()
         else:
             from runtime.core.backends.tensorrt import TensorRTStageRunner
 

@@ -18,6 +18,7 @@ array (identity for host backends), used for cached reference memories.
 from __future__ import annotations
 
 import abc
+import time
 from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
@@ -45,6 +46,7 @@ class StageRunner(abc.ABC):
         self.source = source  # the file it runs, for messages and reports
         self.is_active = False
         self.calls = 0  # number of infer() calls, for tests and profiling
+        self.seconds = 0.0  # wall time inside the backend's run calls (engine time; the rest is host work)
 
     # lifecycle -------------------------------------------------------------
     def activate(self) -> "StageRunner":
@@ -74,7 +76,11 @@ class StageRunner(abc.ABC):
             )
         axes = self.spec.check_feeds({k: shape_and_dtype(v) for k, v in feeds.items()})
         self.calls += 1
-        return self._infer(feeds, axes)
+        t = time.perf_counter()
+        try:
+            return self._infer(feeds, axes)
+        finally:
+            self.seconds += time.perf_counter() - t
 
     def to_host(self, value: Any) -> np.ndarray:
         """A NumPy copy (or view) of a value this runner accepts or returns."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from runtime.core.backends.base import StageRunner
 from runtime.core.spec import StageSpec
-from runtime.errors import BackendUnavailable, ModelFolderError
+from runtime.errors import BackendUnavailable, ModelFolderError, UsageError
 
 # Preference order when providers=None: the fastest one this onnxruntime build has.
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -42,25 +43,48 @@ def default_providers(exclude_tensorrt: bool = True) -> list:
     return chosen or ["CPUExecutionProvider"]
 
 
+MEMORY_MODES = ("arena", "shared", "off")
+_shared_arena = threading.Lock()
+_shared_arena_registered = False
+
+
+def _register_shared_arena(ort) -> None:
+    """One CPU arena in ONNX Runtime's environment for every session that asks for it (once per process)."""
+    global _shared_arena_registered
+    with _shared_arena:
+        if not _shared_arena_registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _shared_arena_registered = True
+
+
 class OnnxRuntimeStageRunner(StageRunner):
     """Runs one ONNX model (its bytes, as hashed by the model folder, or a path); NumPy in, NumPy out.
 
     Session options are set deliberately: all graph optimisations, intra-op
     threads = ``threads`` (0 lets ORT use one per physical core), sequential
     execution (the graphs are chains; parallel mode only adds scheduling cost).
-    ``arena=False`` turns ONNX Runtime's CPU memory arena off: a session then
-    keeps no memory between runs (slower allocation; for tools that hold many
-    sessions, such as calibration). The graph's inputs and outputs must match
-    the stage spec (names, dtypes).
+    ``memory`` (:data:`MEMORY_MODES`) sets how the CPU memory of the runs is
+    held: ``"arena"`` (ONNX Runtime's default: an arena per session, each
+    growing to its stage's peak and keeping it), ``"shared"`` (one arena for
+    every session of the process, registered once with ONNX Runtime's
+    environment: the stages run one after another, so it grows to the largest
+    stage's peak instead of the sum), ``"off"`` (no arena and no memory
+    patterns: nothing kept between runs, allocation on every run; for tools
+    that hold many sessions, such as calibration). Measured in
+    ``bench/reports/frame-budget.md``. The graph's inputs and outputs must
+    match the stage spec (names, dtypes).
     """
 
     backend_name = "onnxruntime"
 
     def __init__(self, spec: StageSpec, model: Union[bytes, str, Path], threads: int = 0,
-                 providers: Optional[Sequence[str]] = None, source: str = "", arena: bool = True):
+                 providers: Optional[Sequence[str]] = None, source: str = "", memory: str = "arena"):
         super().__init__(spec, source or (Path(model).name if not isinstance(model, bytes) else spec.name))
         self.model = model
-        self.arena = arena
+        if memory not in MEMORY_MODES:
+            raise UsageError(f"unknown onnxruntime memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
+        self.memory = memory
         self.threads = threads
         self.providers = list(providers) if providers else None
         self.session = None
@@ -72,9 +96,12 @@ class OnnxRuntimeStageRunner(StageRunner):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = self.threads or 0
         so.log_severity_level = 3
-        if not self.arena:
+        if self.memory == "off":
             so.enable_cpu_mem_arena = False
             so.enable_mem_pattern = False
+        elif self.memory == "shared":
+            _register_shared_arena(ort)
+            so.add_session_config_entry("session.use_env_allocators", "1")
         providers = self.providers or default_providers()
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:

@@ -1,0 +1,247 @@
+"""``python -m bench.frame_budget``: what the host spends per frame around the engines.
+
+On a GPU the engines take milliseconds, so the frame rate a user sees is set
+by the host work around them. For a few-shot model folder this measures, in
+one run:
+
+- **host work per frame**: ``FewShotSegmenter.segment`` wall time minus the
+  time inside the backend's run calls (``StageRunner.seconds``), at each
+  ``--sizes`` frame size, 1 concept; median / p90, with its pre-processing and
+  post-processing parts. ``before``: the mask logits upsampled by the NumPy
+  tap loop (:func:`runtime.core.resize.resize_bilinear`, the path before
+  :func:`~runtime.core.resize.upsample_bilinear`), in the same run;
+- **overlay**: :func:`runtime.camera.overlay.draw_masks` on noisy and smooth
+  masks at each size, against the previous drawing (boolean-indexed blend +
+  ``findContours``/``drawContours``, reproduced here as the baseline);
+- **host memory per ONNX Runtime memory mode** (``arena`` / ``shared`` /
+  ``off``): a fresh process each, ``--refs`` references added, then frames
+  segmented; peak RSS and the steady frame time.
+
+Writes ``OUT.json`` and ``OUT.md``. Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from bench.throughput import BenchError, _machine, _versions, summarize
+
+MEMORY_MODES = ("arena", "shared", "off")
+
+
+def _sizes(text: str):
+    try:
+        out = [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BenchError(f"--sizes takes WxH,WxH,..., got {text!r}") from None
+    if not out or any(len(s) != 2 or min(s) < 16 for s in out):
+        raise BenchError(f"--sizes takes WxH,WxH,... with sides >= 16, got {text!r}")
+    return [(h, w) for w, h in out]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.frame_budget", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-dir", type=Path, required=True, help="a few-shot model folder (export.build)")
+    p.add_argument("--sizes", default="640x480,1280x720,1920x1080", help="frame sizes, WxH")
+    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--refs", type=int, default=5, help="references in the memory runs")
+    p.add_argument("--memory", default=",".join(MEMORY_MODES), help="ONNX Runtime memory modes to measure")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def scene(hw, seed: int = 0):
+    """A textured frame with a disc (smooth mask) and a noisy mask of the same frame size."""
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    yy, xx = np.mgrid[:h, :w]
+    smooth = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 4) ** 2
+    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    frame[smooth] //= 2
+    noisy = smooth ^ (rng.random((h, w)) < 0.2)
+    return frame, smooth, noisy
+
+
+def _engine_seconds(seg) -> float:
+    return sum(r.seconds for r in seg.session.runners.values())
+
+
+def host_work(seg, frame, iterations: int) -> Dict[str, dict]:
+    """Per frame: wall, engine and host seconds of ``segment``, and its pre/post-processing timings."""
+    seg.segment(frame)  # warm-up
+    rows: Dict[str, List[float]] = {"wall": [], "engine": [], "host": [], "preprocess": [], "postprocess": []}
+    for _ in range(iterations):
+        e0, t = _engine_seconds(seg), time.perf_counter()
+        res = seg.segment(frame)
+        wall, eng = time.perf_counter() - t, _engine_seconds(seg) - e0
+        rows["wall"].append(wall)
+        rows["engine"].append(eng)
+        rows["host"].append(wall - eng)
+        rows["preprocess"].append(res.timings["preprocess"])
+        rows["postprocess"].append(res.timings["postprocess"])
+    return {k: summarize(v) for k, v in rows.items()}
+
+
+def contour_overlay(frame, mask, colour, alpha: float = 0.45):
+    """The overlay before: boolean-indexed blend over the frame, external contours drawn (baseline)."""
+    import cv2
+
+    m = mask.astype(bool)
+    frame[m] = (frame[m].astype(np.float32) * (1 - alpha) + np.asarray(colour, np.float32) * alpha).astype(np.uint8)
+    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(frame, contours, -1, colour, 2, cv2.LINE_AA)
+    return frame
+
+
+def overlay_times(hw, iterations: int) -> Dict[str, dict]:
+    from runtime.camera.overlay import draw_masks
+
+    frame, smooth, noisy = scene(hw)
+    out = {}
+    for name, mask in (("smooth", smooth), ("noisy", noisy)):
+        for which, fn in (("before", lambda f, m=mask: contour_overlay(f, m, (0, 200, 255))),
+                          ("after", lambda f, m=mask: draw_masks(f, {"a": m}, {"a": (0, 200, 255)},
+                                                                 labels=False))):
+            samples = []
+            for _ in range(iterations + 1):
+                f = frame.copy()
+                t = time.perf_counter()
+                fn(f)
+                samples.append(time.perf_counter() - t)
+            out[f"{name} {which}"] = summarize(samples[1:])
+    return out
+
+
+def memory_child(folder: Path, mode: str, refs: int, iterations: int, threads: int) -> dict:
+    """In a fresh process: load with ``memory=mode``, add ``refs`` references, segment frames."""
+    from bench.rss import rss_reader
+    from runtime.sam2.fewshot import FewShotSegmenter
+
+    rss = rss_reader()
+    seg = FewShotSegmenter.load(folder, backend="onnxruntime", threads=threads, memory=mode)
+    size = seg.size
+    for i in range(refs):
+        img, mask, _ = scene((size, size), seed=i + 1)
+        seg.add_reference(img, mask, concept="thing")
+    frame = scene((720, 1280), seed=99)[0]
+    seg.segment(frame)
+    times = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        seg.segment(frame)
+        times.append(time.perf_counter() - t)
+    return {"mode": mode, "refs": refs, "rss_mb": rss() / 2 ** 20,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "frame": summarize(times)}
+
+
+def run(args) -> dict:
+    from runtime.sam2 import fewshot
+    from runtime.core.resize import resize_bilinear
+    from runtime.sam2.fewshot import FewShotSegmenter
+
+    sizes = _sizes(args.sizes)
+    modes = [m for m in args.memory.split(",") if m]
+    bad = [m for m in modes if m not in MEMORY_MODES]
+    if bad or args.iterations < 1 or args.refs < 1:
+        raise BenchError(f"--memory takes {', '.join(MEMORY_MODES)}; --iterations and --refs must be >= 1")
+    seg = FewShotSegmenter.load(args.model_dir, backend="onnxruntime", threads=args.threads)
+    img, mask, _ = scene((seg.size, seg.size), seed=1)
+    seg.add_reference(img, mask, concept="thing")
+    host = {}
+    upsample = fewshot.logits_to_image
+    for hw in sizes:
+        frame = scene(hw)[0]
+        key = f"{hw[1]}x{hw[0]}"
+        host[key] = {"after": host_work(seg, frame, args.iterations)}
+        fewshot.logits_to_image = lambda low, shape: resize_bilinear(low, shape, antialias=False)
+        try:
+            host[key]["before"] = host_work(seg, frame, args.iterations)
+        finally:
+            fewshot.logits_to_image = upsample
+        print(f"[host] {key}: {host[key]['after']['host']['median'] * 1e3:.1f} ms "
+              f"(before {host[key]['before']['host']['median'] * 1e3:.1f} ms)", flush=True)
+    seg.close()
+    overlay = {f"{hw[1]}x{hw[0]}": overlay_times(hw, max(args.iterations, 10)) for hw in sizes}
+    memory = []
+    for mode in modes:
+        cmd = [sys.executable, "-m", "bench.frame_budget", "--model-dir", str(args.model_dir), "--out", "-",
+               "--memory-child", mode, "--refs", str(args.refs), "--iterations", str(args.iterations),
+               "--threads", str(args.threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BenchError(f"memory run {mode!r} failed: {proc.stderr[-2000:]}")
+        memory.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"[memory] {mode}: peak RSS {memory[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    return {"command": "python -m bench.frame_budget " + " ".join(shlex.quote(a) for a in args.argv),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": _machine(), "versions": _versions(),
+            "folder": str(args.model_dir), "image_size": seg.size, "host": host, "overlay": overlay,
+            "memory": memory}
+
+
+def _ms(s) -> str:
+    return f"{s['median'] * 1e3:.1f} / {s['p90'] * 1e3:.1f}"
+
+
+def markdown(rec: dict) -> str:
+    lines = [f"# Frame budget: {rec['folder']} ({rec['image_size']} px)", "",
+             f"{rec['machine']['cpu']}, {rec['machine']['cores']} cores; onnxruntime "
+             f"{rec['versions'].get('onnxruntime')}. Milliseconds, median / p90.", "",
+             "## Host work per frame (segment wall minus time in the backend's run calls; 1 concept)", "",
+             "| frame | host work | of it pre-processing | post-processing | engines | host work before |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for k, v in rec["host"].items():
+        a, b = v["after"], v["before"]
+        lines.append(f"| {k} | {_ms(a['host'])} | {_ms(a['preprocess'])} | {_ms(a['postprocess'])} | "
+                     f"{_ms(a['engine'])} | {_ms(b['host'])} |")
+    lines += ["", "## Overlay (draw_masks, one concept)", "",
+              "| frame | smooth before | smooth after | noisy before | noisy after |", "|---|---:|---:|---:|---:|"]
+    for k, v in rec["overlay"].items():
+        lines.append(f"| {k} | {_ms(v['smooth before'])} | {_ms(v['smooth after'])} | "
+                     f"{_ms(v['noisy before'])} | {_ms(v['noisy after'])} |")
+    lines += ["", "## Host memory per ONNX Runtime memory mode (fresh process each)", "",
+              "| mode | references | peak RSS MB | RSS after MB | 1280x720 frame ms |", "|---|---:|---:|---:|---:|"]
+    for m in rec["memory"]:
+        lines.append(f"| {m['mode']} | {m['refs']} | {m['peak_rss_mb']:.0f} | {m['rss_mb']:.0f} | {_ms(m['frame'])} |")
+    lines += ["", f"Command: `{rec['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from runtime.cli.common import run_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    if args.memory_child:
+        print(json.dumps(memory_child(args.model_dir, args.memory_child, args.refs, args.iterations,
+                                      args.threads)))
+        return 0
+
+    def body():
+        from runtime.core.fileio import atomic_path, write_json_atomic
+
+        rec = run(args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out.with_suffix(".json"), rec)
+        with atomic_path(args.out.with_suffix(".md")) as tmp:
+            Path(tmp).write_text(markdown(rec))
+        print(markdown(rec))
+
+    return run_main(body, debug=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
