@@ -83,6 +83,16 @@ def markdown(rec: Dict) -> str:
                 + f" {_ms(r['median'])} | {p['references_per_s']:.2f} | "
                 f"{_ratio(p.get('reference_speedup_vs_pytorch'))} |"
                 + (f" {_ratio(p.get('reference_speedup_vs_1st'))} |" if first else ""))
+    hw = [(v["label"], p) for v in rec["variants"] for p in v.get("pipeline", [])
+          if "host" in p.get("frame_stages", {})]
+    if hw:
+        lines += ["", "## Host work per frame (wall time outside the backends' run calls)", "",
+                  "| variant | shots | host ms (median / p90) | of it pre-processing | post-processing |",
+                  "|---|---:|---|---:|---:|"]
+        for label, p in hw:
+            fs = p["frame_stages"]
+            lines.append(f"| {label} | {p['shots']} | {_ms(fs['host']['median'])} / {_ms(fs['host']['p90'])} | "
+                         f"{_ms(fs['preprocess']['median'])} | {_ms(fs['postprocess']['median'])} |")
     st = [(v["label"], p) for v in rec["variants"] for p in v.get("pipeline", [])
           if p.get("stream_frames_per_s")]
     if st:

@@ -10,7 +10,9 @@ are compared) and every ``--shots`` k, on the same synthetic images:
   measured in the same run (bench/peak.py);
 - **pipeline**: ``FewShotSegmenter`` steady state (references cached: one
   ``segment`` per frame, per-stage timings incl. pre/post-processing) and
-  reference encoding (``add_reference``), frames/s and references/s;
+  reference encoding (``add_reference``), frames/s and references/s; and the
+  host work per frame (wall time outside the backends' run calls, median /
+  p90; ``bench.frame_budget`` splits it by frame size);
 - **stream**: ``segment_stream`` over consecutive frames, sequential and
   pipelined (the next frame's encoder overlapping this frame's memory
   attention and decoder; onnxruntime only), frames/s of each;
@@ -225,11 +227,15 @@ def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases
         ref_t = _time_references(seg, k, refs, masks)
         for _ in range(args.warmup):
             seg.segment(frames[0])
-        per = {s: [] for s in PIPE_STAGES}
+        per = {s: [] for s in PIPE_STAGES + ("host",)}
         for i in range(args.iterations):
+            engine0 = sum(r.seconds for r in seg.session.runners.values())
             res = seg.segment(frames[i % len(frames)])
             for s in PIPE_STAGES:
                 per[s].append(res.timings.get(s, 0.0))
+            # host work: the frame's wall time outside the backends' run calls
+            per["host"].append(res.timings["total"] - (sum(r.seconds for r in seg.session.runners.values())
+                                                       - engine0))
         stream = [frames[i % len(frames)] for i in range(args.iterations + 1)]
         raw["pipeline"][k] = {"frame_stages": per, "reference": ref_t, "stream": {
             mode: [r.timings["total"] for r in seg.segment_stream(stream, pipelined=mode == "pipelined")][1:]

@@ -30,12 +30,14 @@ def test_report_files(tiny_engines, tmp_path):
     p = v["pipeline"][0]
     assert p["shots"] == 1 and p["frames_per_s"] > 0 and "frame_speedup_vs_pytorch" in p
     assert set(p["frame_stages"]) >= {"preprocess", "image_encoder", "memory_attention",
-                                      "mask_decoder", "postprocess", "total"}
+                                      "mask_decoder", "postprocess", "total", "host"}
+    fs = p["frame_stages"]
+    assert 0 <= fs["host"]["median"] < fs["total"]["median"]
     assert [b["batch"] for b in v["batch"]] == [1, 2]
     assert v["peak_rss_mb"] > 0 and rec["peak"]["cpu"]["gflops"] > 0
     assert v["rss_peak_mb"] > 0 and 0 <= v["rss_growth_mb"] <= v["rss_peak_mb"]
     md = (tmp_path / "r.md").read_text()
-    assert "memory_attention" in md and "frames/s" in md
+    assert "memory_attention" in md and "frames/s" in md and "Host work per frame" in md
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
