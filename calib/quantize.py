@@ -34,6 +34,9 @@ Method: ``entropy`` (KL divergence; TensorRT's classic choice), ``minmax`` or
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -168,9 +171,7 @@ def calibrate(fp32_onnx: str | Path, samples: Sequence[Mapping[str, np.ndarray]]
     result is written with ``save_tensors_data`` for
     ``quantize_static(calibration_cache_path=)``.
     """
-    import contextlib
     import gc
-    import io
 
     import onnx
     from onnxruntime.quantization import calibrate as ortc
@@ -203,6 +204,23 @@ def calibrate(fp32_onnx: str | Path, samples: Sequence[Mapping[str, np.ndarray]]
     return cache
 
 
+@contextlib.contextmanager
+def _no_preprocess_advice():
+    """Drop quantize_static's root-logger advice to run ``quant_pre_process`` (its shape inference
+    and graph optimisation are done by the exporter already), keep every other warning."""
+    class Drop(logging.Filter):
+        def filter(self, record):
+            return not str(record.msg).startswith("Please consider")
+
+    f = Drop()
+    root = logging.getLogger()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+
+
 def quantize_stage(fp32_onnx: str | Path, int8_onnx: str | Path,
                    samples: Sequence[Mapping[str, np.ndarray]], stage: str = "",
                    method: str = DEFAULT_METHOD, per_channel: bool = True,
@@ -212,8 +230,6 @@ def quantize_stage(fp32_onnx: str | Path, int8_onnx: str | Path,
 
     The output appears atomically (complete or not at all).
     """
-    import contextlib
-    import io
     import tempfile
 
     import onnx
@@ -250,7 +266,7 @@ def quantize_stage(fp32_onnx: str | Path, int8_onnx: str | Path,
         qdq = Path(work) / "qdq.onnx"
         try:
             cache = calibrate(fp32_onnx, samples, nodes, method, Path(work), log=log)
-            with contextlib.redirect_stdout(io.StringIO()):  # ORT's own progress prints
+            with contextlib.redirect_stdout(io.StringIO()), _no_preprocess_advice():  # ORT's own prints
                 quantize_static(
                     os.fspath(fp32_onnx), os.fspath(qdq), None,
                     quant_format=QuantFormat.QDQ,
