@@ -5,7 +5,7 @@ by the host work around them. For a few-shot model folder this measures, in
 one run:
 
 - **host work per frame**: ``FewShotSegmenter.segment`` wall time minus the
-  time inside the backend's run calls (``StageRunner.seconds``), at each
+  time inside the backend's run calls (``EngineSession.engine_seconds``), at each
   ``--sizes`` frame size, 1 concept; median / p90, with its pre-processing and
   post-processing parts. ``before``: the mask logits upsampled by the NumPy
   tap loop (:func:`runtime.core.resize.resize_bilinear`, the path before
@@ -75,18 +75,14 @@ def scene(hw, seed: int = 0):
     return frame, smooth, noisy
 
 
-def _engine_seconds(seg) -> float:
-    return sum(r.seconds for r in seg.session.runners.values())
-
-
 def host_work(seg, frame, iterations: int) -> Dict[str, dict]:
     """Per frame: wall, engine and host seconds of ``segment``, and its pre/post-processing timings."""
     seg.segment(frame)  # warm-up
     rows: Dict[str, List[float]] = {"wall": [], "engine": [], "host": [], "preprocess": [], "postprocess": []}
     for _ in range(iterations):
-        e0, t = _engine_seconds(seg), time.perf_counter()
+        e0, t = seg.session.engine_seconds, time.perf_counter()
         res = seg.segment(frame)
-        wall, eng = time.perf_counter() - t, _engine_seconds(seg) - e0
+        wall, eng = time.perf_counter() - t, seg.session.engine_seconds - e0
         rows["wall"].append(wall)
         rows["engine"].append(eng)
         rows["host"].append(wall - eng)

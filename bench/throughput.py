@@ -229,13 +229,12 @@ def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases
             seg.segment(frames[0])
         per = {s: [] for s in PIPE_STAGES + ("host",)}
         for i in range(args.iterations):
-            engine0 = sum(r.seconds for r in seg.session.runners.values())
+            engine0 = seg.session.engine_seconds
             res = seg.segment(frames[i % len(frames)])
             for s in PIPE_STAGES:
                 per[s].append(res.timings.get(s, 0.0))
             # host work: the frame's wall time outside the backends' run calls
-            per["host"].append(res.timings["total"] - (sum(r.seconds for r in seg.session.runners.values())
-                                                       - engine0))
+            per["host"].append(res.timings["total"] - (seg.session.engine_seconds - engine0))
         stream = [frames[i % len(frames)] for i in range(args.iterations + 1)]
         raw["pipeline"][k] = {"frame_stages": per, "reference": ref_t, "stream": {
             mode: [r.timings["total"] for r in seg.segment_stream(stream, pipelined=mode == "pipelined")][1:]

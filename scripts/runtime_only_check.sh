@@ -5,12 +5,14 @@
 # Run by .ci/run after the tests; usage: scripts/runtime_only_check.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 WORK=${1:-$(mktemp -d)}
 PY=${PYTHON:-python3}
 "$PY" -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install -q --upgrade pip
-"$WORK/venv/bin/pip" install -q "$REPO"
+# From a copy of the tracked files: building the wheel in place would leave build/ in the checkout.
+mkdir -p "$WORK/src"
+git ls-files -z | tar --null -cf - -T - | tar -xf - -C "$WORK/src"
+"$WORK/venv/bin/pip" install -q "$WORK/src"
 for m in torch onnx sam2 psutil matplotlib; do
   if "$WORK/venv/bin/python" -c "import $m" 2>/dev/null; then
     echo "runtime-only venv has $m: the check would prove nothing" >&2; exit 1

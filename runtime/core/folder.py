@@ -32,11 +32,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from runtime.core.fileio import write_json_atomic
 from runtime.core.spec import AxisRange, StageSpec, specs_from_dict, specs_to_dict
-from runtime.errors import EngineIncompatible, ModelFolderError
+from runtime.errors import ModelFolderError
 
 MANIFEST_NAME = "manifest.json"
 CONSTANTS_NAME = "constants.npz"
@@ -427,13 +427,6 @@ class ModelFolder:
                 "use the onnxruntime backend")
         return rec
 
-    def check_engine_here(self, stage: str, tensorrt_version: str, gpu: Mapping[str, str]) -> EngineRecord:
-        rec = self.engine(stage)
-        why = engine_usable_here(rec, tensorrt_version, gpu)
-        if why:
-            raise EngineIncompatible(f"{why}: rebuild with `python -m export.build` on this device")
-        return rec
-
     def load_constants(self) -> Dict[str, Any]:
         """``constants.npz`` as ``{name: array}``, hash-checked; errors name the file."""
         import io
@@ -453,8 +446,3 @@ class ModelFolder:
     def write(self) -> None:
         """Write ``manifest.json`` atomically."""
         write_json_atomic(self.path / MANIFEST_NAME, self.manifest.to_dict())
-
-
-def stage_variants(manifest: Manifest, variant: str, stages: Iterable[str]) -> Tuple[str, ...]:
-    """The ``stages`` (in order) that have a file of ``variant``."""
-    return tuple(s for s in stages if variant in manifest.stages[s].files)

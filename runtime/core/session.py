@@ -118,6 +118,12 @@ class EngineSession:
         """How often each stage ran since the session opened (tests check caching with it)."""
         return {s: r.calls for s, r in self.runners.items()}
 
+    @property
+    def engine_seconds(self) -> float:
+        """Wall time spent inside the backends' run calls since the session opened (all stages);
+        a call's wall time minus its growth is host work."""
+        return sum(r.seconds for r in self.runners.values())
+
     def axis_max(self, axis: str) -> int:
         """Largest size of a dynamic axis the engines were built for."""
         return self.manifest.axis_max(axis)
