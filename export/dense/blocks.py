@@ -83,7 +83,7 @@ class GatherResize(nn.Module):
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` as two gathers + weights.
 
     The taps and weights are computed once with torch's own float32 formulas
-    (:func:`runtime.core.resize._taps`). ONNX Runtime's ``Resize`` computes source
+    (:func:`runtime.core.resize.filter_taps`). ONNX Runtime's ``Resize`` computes source
     coordinates as ``(i + 0.5) / scale - 0.5`` with ``scale = out / in``,
     torch as ``(in / out) * (i + 0.5) - 0.5``: for non-dyadic ratios (1024 ->
     448) the two roundings differ by ~1e-5 relative on noise images, above the
@@ -93,10 +93,10 @@ class GatherResize(nn.Module):
 
     def __init__(self, in_hw, out_hw):
         super().__init__()
-        from runtime.core.resize import _taps
+        from runtime.core.resize import filter_taps
 
         for axis, (n_in, n_out) in zip("hw", zip(in_hw, out_hw)):
-            idx, w = _taps(int(n_in), int(n_out), False)
+            idx, w = filter_taps(int(n_in), int(n_out), False)
             self.register_buffer(f"i0_{axis}", torch.from_numpy(idx[:, 0].copy()), persistent=False)
             self.register_buffer(f"i1_{axis}", torch.from_numpy(idx[:, 1].copy()), persistent=False)
             self.register_buffer(f"w0_{axis}", torch.from_numpy(w[:, 0].copy()), persistent=False)

@@ -19,6 +19,18 @@ from runtime.errors import InputError
 
 def image_to_float_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
     """Validate ``image`` and return it as float32 RGB ``[H,W,3]`` in [0, 1]."""
+    return rgb_to_float(image_to_rgb(image, what))
+
+
+def rgb_to_float(rgb: np.ndarray) -> np.ndarray:
+    """An :func:`image_to_rgb` result as float32 in [0, 1] (uint8 / 255)."""
+    return rgb.astype(np.float32) / np.float32(255.0) if rgb.dtype == np.uint8 else rgb
+
+
+def image_to_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Validate ``image`` and return it as RGB ``[H,W,3]``: uint8 as it is (no copy when
+    already RGB), float as float32 in [0, 1]. Backends that take the frame itself
+    (the preprocess graph) get the uint8 bytes."""
     if not isinstance(image, np.ndarray):
         raise InputError(f"{what} must be a NumPy array (H x W x 3, uint8 RGB), got {type(image).__name__}")
     if image.ndim == 2:
@@ -33,7 +45,7 @@ def image_to_float_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
     elif c != 3:
         raise InputError(f"{what} has {c} channels; expected 3 (RGB), 1 (gray) or 4 (RGBA)")
     if image.dtype == np.uint8:
-        return image.astype(np.float32) / np.float32(255.0)
+        return image
     if np.issubdtype(image.dtype, np.floating):
         if not np.isfinite(image).all():
             bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))

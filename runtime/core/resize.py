@@ -21,7 +21,7 @@ import numpy as np
 
 
 @lru_cache(maxsize=64)
-def _taps(in_size: int, out_size: int, antialias: bool) -> Tuple[np.ndarray, np.ndarray]:
+def filter_taps(in_size: int, out_size: int, antialias: bool) -> Tuple[np.ndarray, np.ndarray]:
     """``(index [out, K] int, weight [out, K] float32)`` of the 1-D filter.
 
     Computed in float32 with torch's formulas so the weights round as torch's do.
@@ -51,7 +51,7 @@ def _resize_axis(x: np.ndarray, out_size: int, axis: int, antialias: bool) -> np
     in_size = x.shape[axis]
     if in_size == out_size:
         return x
-    idx, w = _taps(in_size, out_size, antialias)
+    idx, w = filter_taps(in_size, out_size, antialias)
     x = np.moveaxis(x, axis, 0)
     out = np.zeros((out_size,) + x.shape[1:], dtype=np.float32)
     wshape = (out_size,) + (1,) * (x.ndim - 1)
