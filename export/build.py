@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-prompt-frames", type=int, default=8, metavar="N",
                    help="--stock-sam2: frames per object that may carry prompts when tracking (each is "
                         "attended to on every frame: the memory-attention engines take N - 1 more memories)")
+    s.add_argument("--max-frame-side", type=int, default=1920, metavar="PX",
+                   help="largest frame side (height or width) the preprocess graph takes: frames up to "
+                        "it become the model input on the backend (TensorRT), larger ones are resized on "
+                        "the host. TensorRT sizes that engine's memory for it (about 100 MB at 1920 for a "
+                        "1024 px model); 3840 admits 4K")
     s.add_argument("--int8-stages", default="image_encoder",
                    help="int8: comma-separated stages to quantize (or 'all'); the others stay fp16. The "
                         "build is refused (status failed) when the accuracy gate fails, with the mixed "

@@ -29,7 +29,7 @@ from runtime.core.fileio import atomic_path, sha256_file
 from runtime.core.folder import CONSTANTS_NAME, FileRecord, Manifest, ModelFolder, ModelRecord
 from runtime.core.spec import check_image_size
 from runtime.errors import UsageError
-from runtime.sam2.spec import DEFAULT_AXIS_RANGES, STAGES, parse_stages, stage_specs
+from runtime.sam2.spec import DEFAULT_AXIS_RANGES, STAGES, parse_stages, preprocess_spec, stage_specs
 
 EXPORT_CODE_VERSION = 4  # bump when the exported graphs change meaning
 DEFAULT_IMAGE_SIZE = 1024
@@ -68,6 +68,7 @@ def _validate(opts: BuildOptions) -> None:
     if opts.max_prompt_frames < 1:
         raise UsageError(f"--max-prompt-frames must be >= 1, got {opts.max_prompt_frames}")
     check_image_size(opts.image_size or DEFAULT_IMAGE_SIZE)
+    preprocess_spec(opts.image_size or DEFAULT_IMAGE_SIZE, opts.max_frame_side)  # a bad side, early
     if opts.int8_stages:
         parse_stages(opts.int8_stages)
     if opts.cpu_int8_stages:
@@ -135,7 +136,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
         "adapters": None if adapters is None else [list(adapters.stages), adapters.channel_factor],
         "stock": opts.stock_sam2, "ckpt": {k: h for k, (_, h) in ckpts.items()},
         "random": [opts.random_weights, opts.seed if opts.random_weights else None],
-        "ranges": ranges, "plain": opts.plain_export})
+        "ranges": ranges, "plain": opts.plain_export, "frame_side": opts.max_frame_side})
     previous = prepare_out(out, fp, opts.force, log)
 
     nets = build_subnets(model, fold_values=not opts.plain_export)
@@ -144,6 +145,10 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                            previous.manifest.stages.get(name) if previous else None,
                            fold=not opts.plain_export, log=log, step=f"[{i}/4] ")
         for i, name in enumerate(STAGES, 1)}
+    from export.preprocess import export_preprocess
+
+    edge_spec = preprocess_spec(choice.image_size, opts.max_frame_side)
+    edge = export_preprocess(edge_spec, out, log)
     flops = _count_flops(model, nets, specs, opts.plain_export, log)
     constants_path = out / CONSTANTS_NAME
     with atomic_path(constants_path) as tmp:
@@ -161,6 +166,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
             random_weights=opts.random_weights, seed=opts.seed if opts.random_weights else None),
         model_config=model_config(model), specs=specs, stages=stages, precision=opts.precision,
         fingerprint=fp, created=now(), flops=flops,
+        edge_specs={edge_spec.name: edge_spec}, edge_stages={edge_spec.name: edge},
         constants=FileRecord(CONSTANTS_NAME, sha256_file(constants_path)),
         provenance={
             "versions": versions(),
@@ -173,9 +179,10 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     folder = ModelFolder(out, manifest)
     for rec in stages.values():
         rec.precision = "fp32"  # until the precision steps below write and pass their files
-    failed = [n for n, r in stages.items() if not r.parity["passed"]]
+    checked = {**stages, **manifest.edge_stages}
+    failed = [n for n, r in checked.items() if not r.parity["passed"]]
     if failed:
-        manifest.fail(f"fp32 parity above {stages[failed[0]].parity['gate']} for {failed}")
+        manifest.fail(f"fp32 parity above {checked[failed[0]].parity['gate']} for {failed}")
     else:
         del model, nets  # the PyTorch model is done with: calibration needs the memory (1024 px: <= 6 GB)
         gc.collect()

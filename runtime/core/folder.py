@@ -15,6 +15,12 @@ Layout (names from :func:`onnx_name` / :func:`engine_name`)::
     <stage>.cpu-int8.onnx          dynamic INT8 for ONNX Runtime on CPUs (--cpu-int8-stages)
     <stage>.<precision>.engine     TensorRT engine, built from the stage's precision file
 
+*Edge stages* (``preprocess.onnx``: a uint8 frame -> the model input) are
+graphs without weights at the model's edge: listed apart from the model's
+stages (``edge_specs`` / ``edge_stages``), FP32 only, never calibrated or
+gated by precision, optional (older folders lack them: the runtime then does
+that step on the host), and built into engines with the rest.
+
 A stage's *variants* are its ONNX files: ``fp32``, ``fp16``, ``int8``,
 ``cpu-int8``. Its *precision* is the variant its TensorRT engine is (or
 would be) built from. Every file's sha256 is recorded; what the runtime loads
@@ -244,6 +250,8 @@ class Manifest:
     tensorrt: Dict[str, Any] = field(default_factory=dict)
     provenance: Dict[str, Any] = field(default_factory=dict)
     flops: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    edge_specs: Dict[str, StageSpec] = field(default_factory=dict)
+    edge_stages: Dict[str, StageRecord] = field(default_factory=dict)
 
     @property
     def image_size(self) -> int:
@@ -275,6 +283,8 @@ class Manifest:
             "constants": self.constants.to_dict() if self.constants else None,
             "checks": self.checks, "tensorrt": self.tensorrt, "provenance": self.provenance,
             "flops": self.flops,
+            "edge_specs": specs_to_dict(self.edge_specs),
+            "edge_stages": {s: r.to_dict() for s, r in self.edge_stages.items()},
         }
 
     @classmethod
@@ -301,7 +311,9 @@ class Manifest:
                 constants=FileRecord.from_dict(d["constants"]) if d.get("constants") else None,
                 checks=dict(d.get("checks") or {}), tensorrt=dict(d.get("tensorrt") or {}),
                 provenance=dict(d.get("provenance") or {}),
-                flops={str(k): {str(c): int(n) for c, n in v.items()} for k, v in (d.get("flops") or {}).items()})
+                flops={str(k): {str(c): int(n) for c, n in v.items()} for k, v in (d.get("flops") or {}).items()},
+                edge_specs=specs_from_dict(d.get("edge_specs") or {}),
+                edge_stages={s: StageRecord.from_dict(r) for s, r in (d.get("edge_stages") or {}).items()})
         except ModelFolderError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -314,11 +326,15 @@ class Manifest:
         problems = []
         if set(self.stages) != set(self.specs):
             problems.append(f"stages {sorted(self.stages)} but specs for {sorted(self.specs)}")
+        if set(self.edge_stages) != set(self.edge_specs):
+            problems.append(f"edge stages {sorted(self.edge_stages)} but specs for {sorted(self.edge_specs)}")
+        if set(self.edge_specs) & set(self.specs):
+            problems.append(f"{sorted(set(self.edge_specs) & set(self.specs))} are both model and edge stages")
         for name, spec in self.specs.items():
             for t in spec.inputs:
                 if t.name == "image" and len(t.shape) == 4 and t.shape[2:] != (self.image_size,) * 2:
                     problems.append(f"image_size {self.image_size} but stage {name!r} takes {t.shape[2:]} images")
-        for name, st in self.stages.items():
+        for name, st in {**self.stages, **self.edge_stages}.items():
             if st.precision not in st.files:
                 problems.append(f"stage {name!r} runs at {st.precision} but has no {st.precision} file")
         if problems:
@@ -385,14 +401,22 @@ class ModelFolder:
 
     @property
     def specs(self) -> Dict[str, StageSpec]:
+        """The model's stages (weights, precisions, calibration), in run order."""
         return self.manifest.specs
 
+    @property
+    def runnable_specs(self) -> Dict[str, StageSpec]:
+        """Every graph with a file to run: the model's stages, then the edge stages."""
+        return {**self.manifest.specs, **self.manifest.edge_specs}
+
     def stage(self, name: str) -> StageRecord:
-        try:
-            return self.manifest.stages[name]
-        except KeyError:
+        """The record of a model or edge stage."""
+        m = self.manifest
+        rec = m.stages.get(name) or m.edge_stages.get(name)
+        if rec is None:
             raise ModelFolderError(f"{str(self.path)!r} has no stage {name!r} (it has "
-                                   f"{list(self.manifest.stages)}); {REBUILD}") from None
+                                   f"{list(m.stages) + list(m.edge_stages)}); {REBUILD}")
+        return rec
 
     def file_record(self, stage: str, variant: str) -> FileRecord:
         rec = self.stage(stage).files.get(variant)

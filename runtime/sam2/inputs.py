@@ -5,11 +5,12 @@ The rules for images themselves are in :mod:`runtime.core.images`.
 
 from __future__ import annotations
 
-from typing import Tuple
+from functools import lru_cache
+from typing import Dict, Tuple
 
 import numpy as np
 
-from runtime.core.resize import resize_bilinear, upsample_bilinear
+from runtime.core.resize import filter_taps, resize_bilinear, upsample_bilinear
 from runtime.errors import InputError
 
 
@@ -17,6 +18,25 @@ def image_to_model_input(image_rgb: np.ndarray, size: int) -> np.ndarray:
     """float RGB ``[H,W,3]`` -> ``[1,3,S,S]`` (antialiased bilinear, as the reference)."""
     x = resize_bilinear(image_rgb, (size, size), antialias=True)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+@lru_cache(maxsize=16)
+def frame_taps(height: int, width: int, size: int) -> Dict[str, np.ndarray]:
+    """The preprocess graph's filter inputs for ``[height, width]`` frames at model size ``size``:
+    ``col_idx/col_w [S,Kw]``, ``row_idx/row_w [S,Kh]`` (int32 / float32), those of
+    :func:`image_to_model_input`. Computed once per frame size (read-only arrays)."""
+    out = {}
+    for axis, n in (("col", width), ("row", height)):
+        idx, w = filter_taps(n, size, True)
+        out[f"{axis}_idx"], out[f"{axis}_w"] = idx.astype(np.int32), np.ascontiguousarray(w)
+    for a in out.values():
+        a.flags.writeable = False
+    return out
+
+
+def preprocess_feeds(frame: np.ndarray, size: int) -> Dict[str, np.ndarray]:
+    """uint8 RGB ``[H,W,3]`` -> the preprocess graph's feeds (the frame and its cached taps)."""
+    return {"frame": np.ascontiguousarray(frame), **frame_taps(frame.shape[0], frame.shape[1], size)}
 
 
 def check_mask(mask: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:

@@ -13,6 +13,11 @@ Dynamic axes and their ranges:
 Memory attention gets two TensorRT profiles: one with exactly one memory and
 one pointer (a one-shot concept, and the first tracked frame), the other the
 whole range.
+
+The *preprocess* graph (:func:`preprocess_spec`) is an edge stage, not one of
+the four: no weights, always FP32, never calibrated. It turns a uint8 frame
+of its own size into the encoder's input on the backend; frames larger than
+its ``frame_h`` / ``frame_w`` range are resized on the host instead.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ NUM_MASK_TOKENS = 4  # single-mask token + 3 multimask tokens
 BACKBONE_STRIDE = 16
 
 STAGES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
+PREPROCESS = "preprocess"
+# Largest frame side the preprocess graph's profile admits by default: 1080p in
+# either orientation. TensorRT sizes the graph's activations for the largest
+# frame (about 100 MB at 1920 px for a 1024 px model), so 4K is opt-in.
+DEFAULT_MAX_FRAME_SIDE = 1920
 
 # Ranges of the dynamic axes: (min, opt, max). Used for TensorRT profiles and
 # for validating feeds at run time.
@@ -124,6 +134,35 @@ def stage_specs(
     return {
         s.name: s for s in (image_encoder, memory_encoder, memory_attention, mask_decoder)
     }
+
+
+def preprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> StageSpec:
+    """The frame -> model-input graph: ``frame`` uint8 ``[H,W,3]`` RGB and the 1-D filter taps of
+    each axis (``col_idx/col_w [S,Kw]``, ``row_idx/row_w [S,Kh]``, from
+    :func:`runtime.sam2.inputs.frame_taps`) -> ``image [1,3,S,S]`` float32 in [0, 1]
+    (the antialiased bilinear resize of :func:`runtime.sam2.inputs.image_to_model_input`).
+
+    Frames of 16 .. ``max_side`` pixels per side; the tap counts span what
+    those sizes can need (at most 3 when upsampling, ``ceil(2 * side / S) + 1``
+    when shrinking).
+    """
+    check_image_size(image_size)
+    if not isinstance(max_side, int) or max_side < 16:
+        raise UsageError(f"the largest frame side must be an integer >= 16, got {max_side!r}")
+    # A triangle of half-width max(1, scale) covers at most 2 * support + 1 source pixels.
+    k_max = max(3, -(-2 * max_side // image_size) + 1)
+    s, f32, i32 = image_size, "float32", "int32"
+    taps = (1, 3, k_max)
+    return StageSpec(
+        PREPROCESS,
+        inputs=(TensorSpec("frame", ("frame_h", "frame_w", 3), "uint8"),
+                TensorSpec("col_idx", (s, "taps_w"), i32), TensorSpec("col_w", (s, "taps_w"), f32),
+                TensorSpec("row_idx", (s, "taps_h"), i32), TensorSpec("row_w", (s, "taps_h"), f32)),
+        outputs=(TensorSpec("image", (1, 3, s, s), f32),),
+        axis_ranges={"frame_h": (16, min(1080, max_side), max_side),
+                     "frame_w": (16, min(1920, max_side), max_side),
+                     "taps_w": taps, "taps_h": taps},
+    )
 
 
 def parse_stages(text) -> List[str]:

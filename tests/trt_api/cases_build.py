@@ -50,12 +50,12 @@ def test_every_stage_builds_strongly_typed_from_its_precision_file(gpu, tmp_path
     folder = copy_folder(precision, tmp_path)
     logs = []
     info = build_engines(folder, None, skip=False, log=logs.append)
-    rec, n = gpu, len(folder.specs)
-    assert info["built"] and len(info["engines"]) == n
+    rec, n = gpu, len(folder.runnable_specs)  # the model's stages and the preprocess graph (SAM2 folders)
+    assert info["built"] and len(info["engines"]) == n and "edge_failures" not in info
     assert rec.network_flags == [STRONGLY_TYPED] * n  # nothing but STRONGLY_TYPED, every stage
     assert rec.config_flags_set == []  # no precision flags: the precision is the ONNX graph's
     assert all(size == 4 << 30 for size in rec.memory_pools.values())
-    for name, spec in folder.specs.items():
+    for name, spec in folder.runnable_specs.items():
         st = folder.stage(name)
         assert rec.parsed.count(str(folder.path / st.files[st.precision].file)) == 1
         e = st.engine
@@ -67,6 +67,10 @@ def test_every_stage_builds_strongly_typed_from_its_precision_file(gpu, tmp_path
     if "memory_attention" in folder.specs:  # the one-memory bucket, then the full range (runtime/sam2/spec.py)
         ma = [p for p in rec.profiles if "mem_feats" in p]
         assert [p["mem_feats"][2][0] for p in ma] == [1, folder.specs["memory_attention"].axis_ranges["num_mem"][2]]
+    if "preprocess" in folder.runnable_specs:  # a uint8 frame of 16..1920 px per side, FP32 whatever the precision
+        frame = next(p["frame"] for p in rec.profiles if "frame" in p)
+        assert frame == ((16, 16, 3), (1080, 1920, 3), (1920, 1920, 3))
+        assert folder.stage("preprocess").engine.file == "preprocess.fp32.engine"
     if precision == "int8":
         assert {st.precision for st in folder.manifest.stages.values()} == {"int8", "fp16"}
     assert (folder.path / "timing.cache").read_bytes() == b"timing-cache"
@@ -85,14 +89,41 @@ def test_reuse_needs_a_matching_record(gpu, tmp_path):
     again = ModelFolder.read(folder.path)  # what a rerun sees before building
     logs = []
     build_engines(again, previous, skip=False, log=logs.append)
-    assert sum("up to date, reusing" in m for m in logs) == 4 and len(gpu.built) == 4
-    for stage in previous.manifest.stages.values():
+    n = len(folder.runnable_specs)  # 4 stages + preprocess
+    assert sum("up to date, reusing" in m for m in logs) == n == 5 and len(gpu.built) == n
+    for stage in [*previous.manifest.stages.values(), *previous.manifest.edge_stages.values()]:
         stage.engine.tensorrt_version = "10.0.0.6"
     previous.manifest.stages["mask_decoder"].engine.gpu = {"name": "Orin", "compute_capability": "8.7"}
     logs.clear()
     build_engines(ModelFolder.read(folder.path), previous, skip=False, log=logs.append)
-    assert sum("rebuilding" in m and "TensorRT 10.0.0.6" in m for m in logs) == 4
-    assert len(gpu.built) == 8
+    assert sum("rebuilding" in m and "TensorRT 10.0.0.6" in m for m in logs) == n
+    assert len(gpu.built) == 2 * n
+
+
+def test_a_preprocess_graph_tensorrt_refuses_leaves_the_host_to_resize(gpu, tmp_path, monkeypatch):
+    """The edge stage is an accelerator: its failed build is recorded, the model's engines still land."""
+    from export import engines, trt_build
+    from export.trt_build import OnnxParseError
+    from runtime.core.backends import edge_stages_to_run
+
+    folder = copy_folder("fp32", tmp_path)
+    real = trt_build.build_engine
+
+    def build(onnx_path, engine_path, spec, **kw):
+        if spec.name == "preprocess":
+            raise OnnxParseError("node #2 'Gather' (Gather): stand-in refusal")
+        return real(onnx_path, engine_path, spec, **kw)
+
+    monkeypatch.setattr(trt_build, "build_engine", build)
+    logs = []
+    info = engines.build_engines(folder, None, skip=False, log=logs.append)
+    assert sorted(info["engines"]) == sorted(folder.specs) and "stand-in refusal" in info["edge_failures"]["preprocess"]
+    assert any("preprocess: engine NOT built" in m and "on the host" in m for m in logs)
+    assert folder.stage("preprocess").engine is None and not (folder.path / "preprocess.fp32.engine").exists()
+    folder.manifest.tensorrt = info
+    assert edge_stages_to_run(folder, "tensorrt", None, "auto") == {}
+    with pytest.raises(Exception, match="stand-in refusal"):
+        edge_stages_to_run(folder, "tensorrt", None, "backend")
 
 
 def test_onnx_that_does_not_match_the_spec_is_refused(gpu, tmp_path):
