@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, T
 
 import numpy as np
 
-from runtime.core.backends import close_runners, open_runners
+from runtime.core.backends import close_runners, edge_stages_to_run, open_runners, resolve_backend
 from runtime.core.backends.base import StageRunner
 from runtime.core.folder import Manifest, ModelFolder, kinds_for, wrong_kind_message
 from runtime.core.spec import StageSpec
@@ -51,18 +51,22 @@ class EngineSession:
     def open(cls, path: str | Path, *, product: Optional[str] = None, kinds: Optional[Sequence[str]] = None,
              backend: str = "auto", threads: int = 0, providers: Optional[Sequence[str]] = None,
              cpu_int8: str = "auto", variants: Optional[Mapping[str, str]] = None,
-             memory: str = "arena") -> "EngineSession":
+             memory: str = "arena", preprocess: str = "auto") -> "EngineSession":
         """Open a folder made by ``python -m export.build`` (of a kind ``product`` runs).
 
         ``backend``: "auto" | "onnxruntime" | "tensorrt"; ``cpu_int8``: whether
         ONNX Runtime on the CPU runs the folder's dynamic-INT8 files
         (:mod:`runtime.core.backends`); ``variants`` forces ONNX variants per stage;
         ``memory``: ONNX Runtime's CPU memory mode, "arena" | "shared" | "off"
-        (``OnnxRuntimeStageRunner``).
+        (``OnnxRuntimeStageRunner``); ``preprocess``: where frames become the
+        model input, "auto" | "backend" | "host"
+        (:func:`~runtime.core.backends.edge_stages_to_run`).
         """
         folder = ModelFolder.open(path, kinds=kinds, product=product)
         constants = folder.load_constants() if folder.manifest.constants else {}
-        runners = open_runners(folder, folder.specs, backend, threads=threads, providers=providers,
+        kind = resolve_backend(backend, folder, tuple(folder.specs))
+        specs = {**folder.specs, **edge_stages_to_run(folder, kind, providers, preprocess)}
+        runners = open_runners(folder, specs, kind, threads=threads, providers=providers,
                                cpu_int8=cpu_int8, variants=variants, memory=memory)
         return cls(folder, runners, constants)
 
@@ -110,8 +114,7 @@ class EngineSession:
     def variant_stages(self, variant: str) -> Tuple[str, ...]:
         """The stages running their ``variant`` file (e.g. ``"cpu-int8"``), in stage order."""
         return tuple(s for s, name in self.stage_files.items()
-                     if variant in self.manifest.stages[s].files
-                     and name == self.manifest.stages[s].files[variant].file)
+                     if variant in self.folder.stage(s).files and name == self.folder.stage(s).files[variant].file)
 
     @property
     def stage_calls(self) -> Dict[str, int]:
@@ -159,14 +162,15 @@ class Product:
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "auto", threads: int = 0,
              providers: Optional[Sequence[str]] = None, cpu_int8: str = "auto", memory: str = "arena",
-             **options):
+             preprocess: str = "auto", **options):
         """Open the model folder ``path`` (made by ``python -m export.build``) in a session of its own.
 
-        ``backend``, ``threads``, ``providers``, ``cpu_int8``, ``memory``: see
-        :meth:`EngineSession.open`; ``options`` go to the class.
+        ``backend``, ``threads``, ``providers``, ``cpu_int8``, ``memory``,
+        ``preprocess``: see :meth:`EngineSession.open`; ``options`` go to the class.
         """
         session = EngineSession.open(path, product=cls.__name__, backend=backend, threads=threads,
-                                     providers=providers, cpu_int8=cpu_int8, memory=memory)
+                                     providers=providers, cpu_int8=cpu_int8, memory=memory,
+                                     preprocess=preprocess)
         try:
             product = cls(session, **options)
         except BaseException:

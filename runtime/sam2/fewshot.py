@@ -23,10 +23,9 @@ import numpy as np
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.sam2.memory import pointer_pos_enc, select_memories, select_pointers
 from runtime.errors import InputError
-from runtime.core.images import image_to_float_rgb, threshold_logit
+from runtime.core.images import image_to_rgb, threshold_logit
 from runtime.sam2.inputs import (
     check_mask,
-    image_to_model_input,
     logits_to_image,
     mask_to_model_size,
     scribble_to_points,
@@ -119,7 +118,7 @@ class FewShotSegmenter(Product):
             raise InputError(f"give one of mask, points/box or scribble for a reference, not {' and '.join(given)}")
         if labels is not None and points is None:
             raise InputError("labels given without points")
-        rgb = image_to_float_rgb(image, "reference image")
+        rgb = image_to_rgb(image, "reference image")
         st = self.stages
         if mask is not None:
             m = check_mask(mask, rgb.shape[:2])
@@ -222,10 +221,11 @@ class FewShotSegmenter(Product):
             yield self._finish(t_prev, *pending.result())
 
     def _encode(self, image: np.ndarray):
-        """Pre-processing and the image encoder: ``(rgb [H,W,3] float, encoder outputs, timings)``."""
+        """Pre-processing (on the backend where it can: :meth:`Sam2Stages.model_input`) and the
+        image encoder: ``(rgb [H,W,3], encoder outputs, timings)``."""
         t0 = time.perf_counter()
-        rgb = image_to_float_rgb(image, "image")
-        x = image_to_model_input(rgb, self.size)
+        rgb = image_to_rgb(image, "image")
+        x = self.stages.model_input(rgb)
         t1 = time.perf_counter()
         enc = self.stages.runners["image_encoder"].infer({"image": x})
         t2 = time.perf_counter()

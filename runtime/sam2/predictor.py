@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.errors import InputError
-from runtime.core.images import image_to_float_rgb, threshold_logit
+from runtime.core.images import image_to_rgb, threshold_logit
 from runtime.sam2.inputs import logits_to_image
 from runtime.sam2.stages import Sam2Stages
 
@@ -54,7 +54,7 @@ class ImagePredictor(Product):
     @serialized
     def set_image(self, image: np.ndarray) -> None:
         """Encode ``image`` (``[H,W,3]`` uint8 RGB); later ``predict`` calls reuse it."""
-        rgb = image_to_float_rgb(image, "image")
+        rgb = image_to_rgb(image, "image")
         st = self.stages
         enc = st.encode_image(rgb)
         r = st.runners["image_encoder"]

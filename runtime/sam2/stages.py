@@ -16,9 +16,10 @@ import numpy as np
 from runtime.core.backends.base import StageRunner
 from runtime.core.session import EngineSession
 from runtime.errors import InputError, ModelFolderError, ProfileLimitError
-from runtime.sam2.inputs import image_to_model_input, mask_downsample
+from runtime.core.images import rgb_to_float
 from runtime.core.resize import resize_bilinear, upsample_bilinear
-from runtime.sam2.spec import STAGES
+from runtime.sam2.inputs import image_to_model_input, mask_downsample, preprocess_feeds
+from runtime.sam2.spec import PREPROCESS, STAGES
 
 NO_OBJ_SCORE = -1024.0  # sam2's logit for "object absent"
 BINARIZED_LOGIT = 1e4  # sigmoid() of +-1e4 is exactly 1 / 0 in float32
@@ -71,9 +72,26 @@ class Sam2Stages:
         return self.session.axis_max(axis)
 
     # ----------------------------------------------------------------- stages
+    def on_backend(self, rgb: np.ndarray) -> bool:
+        """Whether ``rgb`` (:func:`~runtime.core.images.image_to_rgb`) becomes the model input in the
+        session's preprocess graph: a uint8 frame inside its profile's sizes."""
+        pre = self.runners.get(PREPROCESS)
+        if pre is None or rgb.dtype != np.uint8:
+            return False
+        r = pre.spec.axis_ranges
+        return (r["frame_h"][0] <= rgb.shape[0] <= r["frame_h"][2]
+                and r["frame_w"][0] <= rgb.shape[1] <= r["frame_w"][2])
+
+    def model_input(self, rgb: np.ndarray):
+        """RGB ``[H,W,3]`` (uint8, or float in [0,1]) -> ``image [1,3,S,S]``: on the backend where
+        :meth:`on_backend` (backend-native), else on the host (the same resize in NumPy)."""
+        if self.on_backend(rgb):
+            return self.runners[PREPROCESS].infer(preprocess_feeds(rgb, self.size))["image"]
+        return image_to_model_input(rgb_to_float(rgb), self.size)
+
     def encode_image(self, rgb: np.ndarray) -> Dict[str, Any]:
-        """float RGB ``[H,W,3]`` in [0,1] -> encoder outputs (backend-native)."""
-        return self.runners["image_encoder"].infer({"image": image_to_model_input(rgb, self.size)})
+        """RGB ``[H,W,3]`` (uint8, or float in [0,1]) -> encoder outputs (backend-native)."""
+        return self.runners["image_encoder"].infer({"image": self.model_input(rgb)})
 
     def vision_on_host(self, enc: Mapping[str, Any]) -> np.ndarray:
         """``vision_feat [1,256,S/16,S/16]`` as a host array."""

@@ -20,7 +20,7 @@ import numpy as np
 from runtime.sam2.memory import pointer_pos_enc, select_tracking_memory, tracking_window
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.errors import InputError, ProfileLimitError
-from runtime.core.images import image_to_float_rgb, threshold_logit
+from runtime.core.images import image_to_rgb, threshold_logit
 from runtime.sam2.inputs import logits_to_image, mask_to_model_size
 from runtime.sam2.stages import FrameOutput, Sam2Stages
 
@@ -140,7 +140,7 @@ class VideoTracker(Product):
             raise InputError("add_prompt needs points (with labels), a box or a mask")
         if box is not None and not clear_old:
             raise InputError("a box must come first: add it with clear_old=True, then the clicks")
-        rgb = image_to_float_rgb(image, "frame")
+        rgb = image_to_rgb(image, "frame")
         self._check_size(rgb.shape[:2])
         st = self.stages
         frame_idx = int(frame_idx)
@@ -236,7 +236,7 @@ class VideoTracker(Product):
         for callers that feed frames one by one (``propagate`` calls this). Frames must come in order."""
         if not self._objects:
             raise InputError("no object to track: call add_prompt() first")
-        rgb = image_to_float_rgb(image, f"frame {frame_idx}")
+        rgb = image_to_rgb(image, f"frame {frame_idx}")
         self._start()
         self._check_size(rgb.shape[:2], frame_idx)
         st = self.stages

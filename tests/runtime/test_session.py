@@ -113,3 +113,71 @@ def test_onnxruntime_memory_modes_give_the_same_masks(tiny_engines):
     np.testing.assert_allclose(out["off"], out["arena"], rtol=0, atol=1e-4)
     with pytest.raises(UsageError, match="memory mode"):
         FewShotSegmenter.load(tiny_engines, backend="onnxruntime", memory="pooled")
+
+
+def test_preprocess_modes_open_the_graph_where_asked(tiny_engines):
+    """"backend" runs frames through the folder's preprocess graph, "host" and CPU "auto" resize
+    in NumPy; the masks are the same either way."""
+    from runtime.sam2.spec import PREPROCESS
+
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    mask = np.zeros((300, 420), bool)
+    mask[90:200, 100:300] = True
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    out, calls = {}, []
+    for mode in ("host", "auto", "backend"):
+        with FewShotSegmenter.load(tiny_engines, backend="onnxruntime", preprocess=mode) as seg:
+            assert (PREPROCESS in seg.session.runners) == (mode == "backend")
+            if mode == "backend":
+                runner = seg.session.runners[PREPROCESS]
+                infer = runner.infer
+                runner.infer = lambda feeds: calls.append(feeds["frame"].shape) or infer(feeds)
+            seg.add_reference(ref, mask, concept="c")
+            out[mode] = seg.segment(frame).concepts["c"]
+    assert calls == [(300, 420, 3), (480, 640, 3)]  # the reference and the frame, as uint8 frames
+    for mode in ("auto", "backend"):
+        np.testing.assert_allclose(out[mode].logits, out["host"].logits, rtol=0, atol=1e-4)
+        assert (out[mode].mask == out["host"].mask).all()
+
+
+def test_frames_outside_the_graph_profile_are_resized_on_the_host(stock):
+    with ImagePredictor.load(stock, backend="onnxruntime", preprocess="backend") as pred:
+        st = pred.stages
+        hi = st.runners["preprocess"].spec.axis_ranges["frame_w"][2]
+        assert st.on_backend(np.zeros((480, 640, 3), np.uint8))
+        assert not st.on_backend(np.zeros((100, hi + 1, 3), np.uint8))  # wider than the profile
+        assert not st.on_backend(np.zeros((8, 640, 3), np.uint8))       # below its smallest side
+        assert not st.on_backend(np.zeros((480, 640, 3), np.float32))   # float frames: the host's path
+        wide = np.random.default_rng(0).integers(0, 256, (100, hi + 1, 3), dtype=np.uint8)
+        pred.set_image(wide)  # works, on the host
+        masks, _, _ = pred.predict(points=[[50, 40]], labels=[1])
+        assert masks.shape == (3, 100, hi + 1)
+
+
+def test_preprocess_mode_errors(tiny_engines, tmp_path):
+    import json
+    import shutil
+
+    from runtime.core.backends import edge_stages_to_run
+    from runtime.core.folder import ModelFolder
+    from runtime.errors import BackendUnavailable, UsageError
+
+    with pytest.raises(UsageError, match="unknown preprocess mode 'gpu'"):
+        FewShotSegmenter.load(tiny_engines, backend="onnxruntime", preprocess="gpu")
+    folder = ModelFolder.open(tiny_engines)
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert list(edge_stages_to_run(folder, "onnxruntime", gpu, "auto")) == ["preprocess"]
+    assert edge_stages_to_run(folder, "onnxruntime", gpu, "host") == {}
+    assert edge_stages_to_run(folder, "tensorrt", None, "auto") == {}  # no engine built: the host resizes
+    with pytest.raises(BackendUnavailable, match="no TensorRT engine for \\['preprocess'\\]"):
+        edge_stages_to_run(folder, "tensorrt", None, "backend")
+    old = tmp_path / "old"
+    shutil.copytree(tiny_engines, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["edge_specs"], m["edge_stages"]  # a folder from before the preprocess graph
+    (old / "manifest.json").write_text(json.dumps(m))
+    with FewShotSegmenter.load(old, backend="onnxruntime") as seg:  # auto: the host resizes
+        assert "preprocess" not in seg.session.runners
+    with pytest.raises(UsageError, match="no preprocess graph"):
+        FewShotSegmenter.load(old, backend="onnxruntime", preprocess="backend")

@@ -111,6 +111,42 @@ def _drop_saturating(folder: ModelFolder, stages, strict: bool):
     return [s for s in stages if s not in full]
 
 
+PREPROCESS_MODES = ("auto", "backend", "host")
+
+
+def edge_stages_to_run(folder: ModelFolder, backend: str, providers=None, mode: str = "auto") -> Dict[str, StageSpec]:
+    """The folder's edge stages (its preprocess graph) that run on ``backend`` (resolved).
+
+    ``mode``: "backend" runs them (an error when the folder has none, or no
+    engine for them on TensorRT); "host" never (the host resizes frames);
+    "auto" runs them on TensorRT and on ONNX Runtime's GPU providers, not on
+    the CPU provider, where NumPy's resize is faster than the graph
+    (bench/reports/frame-budget.md).
+    """
+    if mode not in PREPROCESS_MODES:
+        raise UsageError(f"unknown preprocess mode {mode!r}; choose one of {', '.join(PREPROCESS_MODES)}")
+    edges = folder.manifest.edge_specs
+    if mode == "host":
+        return {}
+    usable = {s: spec for s, spec in edges.items() if backend != "tensorrt" or folder.stage(s).engine}
+    if mode == "backend":
+        if not edges:
+            raise UsageError(f"preprocess='backend' but {str(folder.path)!r} has no preprocess graph (built "
+                             "by an older export.build): rebuild it, or use preprocess='host'")
+        if len(usable) < len(edges):
+            why = folder.manifest.tensorrt.get("edge_failures", {})
+            raise BackendUnavailable(
+                f"preprocess='backend' but the folder has no TensorRT engine for {sorted(set(edges) - set(usable))}"
+                f" ({why or 'not built'}); use preprocess='host' (or 'auto')")
+        return usable
+    if backend == "onnxruntime":
+        from runtime.core.backends.onnxruntime import default_providers
+
+        if list(providers or default_providers()) == ["CPUExecutionProvider"]:
+            return {}
+    return usable
+
+
 def open_runners(folder: ModelFolder, specs: Mapping[str, StageSpec], backend: str = "auto",
                  threads: int = 0, providers=None, cpu_int8: str = "auto",
                  variants: Optional[Mapping[str, str]] = None, memory: str = "arena") -> Dict[str, StageRunner]:
