@@ -32,10 +32,13 @@ def test_bad_precision_is_a_usage_error(capsys):
 
 def test_comparison_of_a_backend_with_itself_is_exact(tiny_engines):
     """The comparison glue on ONNX Runtime against itself: every stage fed, IoU 1, rel L2 0."""
-    r = device_check.check_folder(tiny_engines, "fp32", lambda m: None, backend="onnxruntime")
+    r = device_check.check_folder(tiny_engines, "fp32", lambda m: None, backend="onnxruntime",
+                                  preprocess="backend")
     assert r["failures"] == [] and set(r["stages"]) == {"image_encoder", "memory_encoder", "memory_attention",
-                                                         "mask_decoder"}
+                                                         "mask_decoder", "preprocess"}
     assert all(s["rel_l2"] == 0 and s["samples"] > 0 for s in r["stages"].values())
+    host = device_check.check_folder(tiny_engines, "fp32", lambda m: None, backend="onnxruntime")
+    assert host["failures"] == [] and host["stages"]["preprocess"] == {"engine": None, "host": "no engine"}
     p = r["products"]["FewShotSegmenter"]
     assert p["mean_iou"] == p["worst_iou"] == 1.0 and p["masks"] == 6 and 0 < p["fp32_foreground"] < 1
     json.dumps(r)
