@@ -19,8 +19,9 @@ and verified in ONNX Runtime against the NumPy reference before it is recorded.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -99,10 +100,17 @@ def check_preprocess(spec: StageSpec, model: bytes, seed: int = 0) -> Dict[str, 
             "cases": cases}
 
 
-def export_preprocess(spec: StageSpec, folder: Path, log: Callable[[str], None]) -> StageRecord:
-    """Write ``folder/preprocess.onnx`` (atomically) and verify it; its stage record (FP32 only)."""
+def export_preprocess(spec: StageSpec, folder: Path, previous: Optional[StageRecord],
+                      log: Callable[[str], None]) -> StageRecord:
+    """Write ``folder/preprocess.onnx`` (atomically) and verify it; its stage record (FP32 only).
+    ``previous`` (the record of an earlier build) is reused while the file on disk is this graph."""
     path = Path(folder) / onnx_name(spec.name)
     data = preprocess_graph(spec).SerializeToString()
+    prev = previous.files.get("fp32") if previous else None
+    if (prev and previous.parity.get("passed") and path.is_file()
+            and sha256_file(path) == prev.sha256 == hashlib.sha256(data).hexdigest()):
+        log(f"[preprocess] up to date, reusing {path.name}")
+        return StageRecord({"fp32": prev}, parity=previous.parity)
     parity = check_preprocess(spec, data)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)

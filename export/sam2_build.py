@@ -148,7 +148,8 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     from export.preprocess import export_preprocess
 
     edge_spec = preprocess_spec(choice.image_size, opts.max_frame_side)
-    edge = export_preprocess(edge_spec, out, log)
+    edge = export_preprocess(edge_spec, out, previous.manifest.edge_stages.get(edge_spec.name) if previous else None,
+                             log)
     flops = _count_flops(model, nets, specs, opts.plain_export, log)
     constants_path = out / CONSTANTS_NAME
     with atomic_path(constants_path) as tmp:

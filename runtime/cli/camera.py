@@ -48,7 +48,7 @@ from runtime.camera.sources import RetryPolicy, make_source
 from runtime.camera.steps import InferenceStep, SegmenterStep, TrackingStep
 from runtime.cli.common import HelpFormatter, add_debug, run_main
 from runtime.cli.references import add_reference_options, any_given, apply_references, collect
-from runtime.core.backends import BACKENDS, CPU_INT8_HELP, CPU_INT8_MODES
+from runtime.core.backends import BACKENDS, CPU_INT8_HELP, CPU_INT8_MODES, PREPROCESS_HELP, PREPROCESS_MODES
 from runtime.errors import InputError, Sam2EdgeError
 
 
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
     p.add_argument("--cpu-int8", choices=CPU_INT8_MODES, default="auto",
                    help=CPU_INT8_HELP)
+    p.add_argument("--preprocess", choices=PREPROCESS_MODES, default="auto", help=PREPROCESS_HELP)
     p.add_argument("--max-frames", type=int, default=None, help="stop after N captured frames")
     p.add_argument("--queue-size", type=int, default=2, help="frames per queue between stages (default 2)")
     p.add_argument("--fps", type=float, default=0.0, help="output video FPS (default: the source's, else 30)")
@@ -161,12 +162,12 @@ def _load_step(args, refs, objects) -> InferenceStep:
         from runtime.sam2.tracker import VideoTracker
 
         trk = VideoTracker.load(args.model_dir, backend=args.backend, threads=args.threads,
-                                cpu_int8=args.cpu_int8, threshold=args.threshold)
+                                cpu_int8=args.cpu_int8, threshold=args.threshold, preprocess=args.preprocess)
         return TrackingStep(trk, objects)
     from runtime.sam2.fewshot import FewShotSegmenter
 
     seg = FewShotSegmenter.load(args.model_dir, backend=args.backend, threshold=args.threshold,
-                                threads=args.threads, cpu_int8=args.cpu_int8)
+                                threads=args.threads, cpu_int8=args.cpu_int8, preprocess=args.preprocess)
 
     def reset(s):
         try:

@@ -112,6 +112,9 @@ def _drop_saturating(folder: ModelFolder, stages, strict: bool):
 
 
 PREPROCESS_MODES = ("auto", "backend", "host")
+PREPROCESS_HELP = ("where frames become the model input: backend (the folder's preprocess graph, next to the "
+                   "encoder), host (NumPy), auto (backend on TensorRT and ONNX Runtime GPU providers, host "
+                   "on the CPU provider, where NumPy is faster)")
 
 
 def edge_stages_to_run(folder: ModelFolder, backend: str, providers=None, mode: str = "auto") -> Dict[str, StageSpec]:
@@ -194,4 +197,5 @@ def close_runners(runners: Mapping[str, StageRunner]) -> None:
 
 
 __all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "CPU_INT8_HELP", "CPU_INT8_MODES", "StageRunner",
-           "onnx_variants", "open_runners", "resolve_backend"]
+           "PREPROCESS_HELP", "PREPROCESS_MODES", "edge_stages_to_run", "onnx_variants", "open_runners",
+           "resolve_backend"]
