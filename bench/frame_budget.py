@@ -7,8 +7,11 @@ one run:
 - **host work per frame**: ``FewShotSegmenter.segment`` wall time minus the
   time inside the backend's run calls (``EngineSession.engine_seconds``), at each
   ``--sizes`` frame size, 1 concept; median / p90, with its pre-processing and
-  post-processing parts. ``before``: the mask logits upsampled by the NumPy
-  tap loop (:func:`runtime.core.resize.resize_bilinear`, the path before
+  post-processing parts, for frames resized on the host (``preprocess="host"``)
+  and in the folder's preprocess graph on the backend (``"backend"``; the
+  graph's own time on the backend is reported with it). ``before``: host
+  resize and the mask logits upsampled by the NumPy tap loop
+  (:func:`runtime.core.resize.resize_bilinear`, the path before
   :func:`~runtime.core.resize.upsample_bilinear`), in the same run;
 - **overlay**: :func:`runtime.camera.overlay.draw_masks` on noisy and smooth
   masks at each size, against the previous drawing (boolean-indexed blend +
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
 import subprocess
 import sys
@@ -78,14 +80,17 @@ def scene(hw, seed: int = 0):
 def host_work(seg, frame, iterations: int) -> Dict[str, dict]:
     """Per frame: wall, engine and host seconds of ``segment``, and its pre/post-processing timings."""
     seg.segment(frame)  # warm-up
-    rows: Dict[str, List[float]] = {"wall": [], "engine": [], "host": [], "preprocess": [], "postprocess": []}
+    graph = seg.session.runners.get("preprocess")
+    rows: Dict[str, List[float]] = {"wall": [], "engine": [], "host": [], "preprocess": [], "postprocess": [],
+                                    "graph": []}
     for _ in range(iterations):
-        e0, t = seg.session.engine_seconds, time.perf_counter()
+        e0, g0, t = seg.session.engine_seconds, graph.seconds if graph else 0.0, time.perf_counter()
         res = seg.segment(frame)
         wall, eng = time.perf_counter() - t, seg.session.engine_seconds - e0
         rows["wall"].append(wall)
         rows["engine"].append(eng)
         rows["host"].append(wall - eng)
+        rows["graph"].append(graph.seconds - g0 if graph else 0.0)
         rows["preprocess"].append(res.timings["preprocess"])
         rows["postprocess"].append(res.timings["postprocess"])
     return {k: summarize(v) for k, v in rows.items()}
@@ -123,24 +128,26 @@ def overlay_times(hw, iterations: int) -> Dict[str, dict]:
 
 def memory_child(folder: Path, mode: str, refs: int, iterations: int, threads: int) -> dict:
     """In a fresh process: load with ``memory=mode``, add ``refs`` references, segment frames."""
-    from bench.rss import rss_reader
+    from bench.rss import RssSampler, rss_reader
     from runtime.sam2.fewshot import FewShotSegmenter
 
     rss = rss_reader()
-    seg = FewShotSegmenter.load(folder, backend="onnxruntime", threads=threads, memory=mode)
-    size = seg.size
-    for i in range(refs):
-        img, mask, _ = scene((size, size), seed=i + 1)
-        seg.add_reference(img, mask, concept="thing")
-    frame = scene((720, 1280), seed=99)[0]
-    seg.segment(frame)
-    times = []
-    for _ in range(iterations):
-        t = time.perf_counter()
+    # Sampled, not ru_maxrss: on Linux a child's ru_maxrss starts from the parent's RSS at fork.
+    with RssSampler() as peak:
+        seg = FewShotSegmenter.load(folder, backend="onnxruntime", threads=threads, memory=mode)
+        size = seg.size
+        for i in range(refs):
+            img, mask, _ = scene((size, size), seed=i + 1)
+            seg.add_reference(img, mask, concept="thing")
+        frame = scene((720, 1280), seed=99)[0]
         seg.segment(frame)
-        times.append(time.perf_counter() - t)
-    return {"mode": mode, "refs": refs, "rss_mb": rss() / 2 ** 20,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "frame": summarize(times)}
+        times = []
+        for _ in range(iterations):
+            t = time.perf_counter()
+            seg.segment(frame)
+            times.append(time.perf_counter() - t)
+    return {"mode": mode, "refs": refs, "rss_mb": rss() / 2 ** 20, "peak_rss_mb": peak.peak_mb,
+            "frame": summarize(times)}
 
 
 def run(args) -> dict:
@@ -153,23 +160,29 @@ def run(args) -> dict:
     bad = [m for m in modes if m not in MEMORY_MODES]
     if bad or args.iterations < 1 or args.refs < 1:
         raise BenchError(f"--memory takes {', '.join(MEMORY_MODES)}; --iterations and --refs must be >= 1")
-    seg = FewShotSegmenter.load(args.model_dir, backend="onnxruntime", threads=args.threads)
-    img, mask, _ = scene((seg.size, seg.size), seed=1)
-    seg.add_reference(img, mask, concept="thing")
+    segs = {}
+    for mode in ("host", "backend"):
+        segs[mode] = FewShotSegmenter.load(args.model_dir, backend="onnxruntime", threads=args.threads,
+                                           preprocess=mode)
+        img, mask, _ = scene((segs[mode].size, segs[mode].size), seed=1)
+        segs[mode].add_reference(img, mask, concept="thing")
+    seg = segs["host"]
     host = {}
     upsample = fewshot.logits_to_image
     for hw in sizes:
         frame = scene(hw)[0]
         key = f"{hw[1]}x{hw[0]}"
-        host[key] = {"after": host_work(seg, frame, args.iterations)}
+        host[key] = {mode: host_work(s, frame, args.iterations) for mode, s in segs.items()}
         fewshot.logits_to_image = lambda low, shape: resize_bilinear(low, shape, antialias=False)
         try:
             host[key]["before"] = host_work(seg, frame, args.iterations)
         finally:
             fewshot.logits_to_image = upsample
-        print(f"[host] {key}: {host[key]['after']['host']['median'] * 1e3:.1f} ms "
+        print(f"[host] {key}: {host[key]['backend']['host']['median'] * 1e3:.1f} ms with the graph on the "
+              f"backend, {host[key]['host']['host']['median'] * 1e3:.1f} ms resizing on the host "
               f"(before {host[key]['before']['host']['median'] * 1e3:.1f} ms)", flush=True)
-    seg.close()
+    for s in segs.values():
+        s.close()
     overlay = {f"{hw[1]}x{hw[0]}": overlay_times(hw, max(args.iterations, 10)) for hw in sizes}
     memory = []
     for mode in modes:
@@ -196,12 +209,16 @@ def markdown(rec: dict) -> str:
              f"{rec['machine']['cpu']}, {rec['machine']['cores']} cores; onnxruntime "
              f"{rec['versions'].get('onnxruntime')}. Milliseconds, median / p90.", "",
              "## Host work per frame (segment wall minus time in the backend's run calls; 1 concept)", "",
-             "| frame | host work | of it pre-processing | post-processing | engines | host work before |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "Frames become the model input in the preprocess graph on the backend (`preprocess=\"backend\"`: "
+             "the graph's own time is in the engines' column) or on the host (`\"host\"`). Before: host "
+             "resize and the NumPy tap loop for the logits.", "",
+             "| frame | host work, graph on the backend | the graph on the backend | host work, host resize "
+             "| of it pre-processing | post-processing | engines (host resize) | host work before |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for k, v in rec["host"].items():
-        a, b = v["after"], v["before"]
-        lines.append(f"| {k} | {_ms(a['host'])} | {_ms(a['preprocess'])} | {_ms(a['postprocess'])} | "
-                     f"{_ms(a['engine'])} | {_ms(b['host'])} |")
+        g, a, b = v["backend"], v["host"], v["before"]
+        lines.append(f"| {k} | {_ms(g['host'])} | {_ms(g['graph'])} | {_ms(a['host'])} | {_ms(a['preprocess'])} | "
+                     f"{_ms(a['postprocess'])} | {_ms(a['engine'])} | {_ms(b['host'])} |")
     lines += ["", "## Overlay (draw_masks, one concept)", "",
               "| frame | smooth before | smooth after | noisy before | noisy after |", "|---|---:|---:|---:|---:|"]
     for k, v in rec["overlay"].items():

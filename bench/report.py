@@ -44,7 +44,10 @@ def markdown(rec: Dict) -> str:
              f"torch {rec['versions'].get('torch')}.",
              f"Settings: backend={s['backend']}, threads={s['threads']}, shots={s['shots']}, "
              f"batch={s['batch']}, warm-up {s['warmup']}, {s['iterations']} iterations"
-             f"{_rounds(s)}. "
+             f"{_rounds(s)}"
+             + (f", target frames {s['frame'][0]}x{s['frame'][1]}, preprocess={s['preprocess']}"
+                if s.get("frame") else "")
+             + ". "
              f"Peak (fp32 matmul {rec['peak']['cpu']['n']}^3, same run): "
              f"{rec['peak']['cpu']['gflops']:.0f} GFLOP/s"
              + (f"; INT8 GEMM (ORT MatMulInteger {rec['peak']['cpu_int8']['n']}^3): "
@@ -83,16 +86,24 @@ def markdown(rec: Dict) -> str:
                 + f" {_ms(r['median'])} | {p['references_per_s']:.2f} | "
                 f"{_ratio(p.get('reference_speedup_vs_pytorch'))} |"
                 + (f" {_ratio(p.get('reference_speedup_vs_1st'))} |" if first else ""))
-    hw = [(v["label"], p) for v in rec["variants"] for p in v.get("pipeline", [])
-          if "host" in p.get("frame_stages", {})]
+    hw = [(v, p) for v in rec["variants"] for p in v.get("pipeline", []) if "host" in p.get("frame_stages", {})]
     if hw:
         lines += ["", "## Host work per frame (wall time outside the backends' run calls)", "",
-                  "| variant | shots | host ms (median / p90) | of it pre-processing | post-processing |",
-                  "|---|---:|---|---:|---:|"]
-        for label, p in hw:
+                  "| variant | shots | frames become the model input on | host ms (median / p90) | "
+                  "pre-processing (incl. its graph) | post-processing |", "|---|---:|---|---|---:|---:|"]
+        for v, p in hw:
             fs = p["frame_stages"]
-            lines.append(f"| {label} | {p['shots']} | {_ms(fs['host']['median'])} / {_ms(fs['host']['p90'])} | "
+            lines.append(f"| {v['label']} | {p['shots']} | {v.get('preprocess', 'host')} | "
+                         f"{_ms(fs['host']['median'])} / {_ms(fs['host']['p90'])} | "
                          f"{_ms(fs['preprocess']['median'])} | {_ms(fs['postprocess']['median'])} |")
+    pr = [(v["label"], name, r) for v in rec["variants"] for name, r in v.get("products", {}).items()]
+    if pr:
+        lines += ["", "## Host work per call, stock SAM2 products (ImagePredictor: set_image + one click; "
+                  "VideoTracker: track_frame, one object)", "",
+                  "| variant | product | host ms (median / p90) | wall ms (median) |", "|---|---|---|---:|"]
+        for label, name, r in pr:
+            lines.append(f"| {label} | {name} | {_ms(r['host']['median'])} / {_ms(r['host']['p90'])} | "
+                         f"{_ms(r['wall']['median'])} |")
     st = [(v["label"], p) for v in rec["variants"] for p in v.get("pipeline", [])
           if p.get("stream_frames_per_s")]
     if st:

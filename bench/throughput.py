@@ -12,7 +12,12 @@ are compared) and every ``--shots`` k, on the same synthetic images:
   ``segment`` per frame, per-stage timings incl. pre/post-processing) and
   reference encoding (``add_reference``), frames/s and references/s; and the
   host work per frame (wall time outside the backends' run calls, median /
-  p90; ``bench.frame_budget`` splits it by frame size);
+  p90; ``bench.frame_budget`` splits it by frame size); targets are
+  ``--frame WxH`` frames (default: the model size), pre-processed where
+  ``--preprocess`` says (:meth:`runtime.EngineSession.open`);
+- **products** (stock SAM2 folders): host work per call of
+  ``ImagePredictor`` (``set_image`` + one click) and ``VideoTracker``
+  (``track_frame``, one object prompted with a box), on the same frames;
 - **stream**: ``segment_stream`` over consecutive frames, sequential and
   pipelined (the next frame's encoder overlapping this frame's memory
   attention and decoder; onnxruntime only), frames/s of each;
@@ -54,6 +59,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from bench.cases import case_key, clamp_axes, sam2_cases
+from runtime.core.backends import PREPROCESS_MODES
 from runtime.errors import UsageError
 
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
@@ -91,6 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu-int8", default="auto", choices=CPU_INT8_CHOICES,
                    help="onnxruntime on the CPU: run folders' dynamic-INT8 stages (auto/on), FP32 "
                         "only (off), or time both as separate variants (both)")
+    p.add_argument("--frame", default=None, metavar="WxH",
+                   help="target frame size (default: the model's image size); references stay at it")
+    p.add_argument("--preprocess", default="auto", choices=PREPROCESS_MODES,
+                   help="where frames become the model input: the folder's preprocess graph on the "
+                        "backend, the host's resize, or auto (the graph on TensorRT and GPU providers)")
     p.add_argument("--compare-pytorch", action="store_true", help="time the PyTorch reference too")
     p.add_argument("--peak-size", type=int, default=4096, help="matrix side of the peak matmul")
     p.add_argument("--out", type=Path, required=True, help="output path without suffix")
@@ -112,6 +123,15 @@ def validate(args) -> List[dict]:
         raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads < 0:
         raise BenchError(f"--threads must be >= 0, got {args.threads}")
+    args.frame_hw = None
+    if args.frame:
+        try:
+            w, h = (int(v) for v in args.frame.lower().split("x"))
+        except ValueError:
+            raise BenchError(f"--frame takes WxH (e.g. 1920x1080), got {args.frame!r}") from None
+        if min(w, h) < 16:
+            raise BenchError(f"--frame sides must be >= 16, got {args.frame!r}")
+        args.frame_hw = (h, w)
     args.shots_list = _int_list(args.shots, "shots")
     args.batch_list = _int_list(args.batch, "batch")
     manifests = [ModelFolder.open(d, kinds=("sam2-fewshot", "sam2")).manifest for d in args.folders]
@@ -211,14 +231,15 @@ def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases
 
     specs = manifest.specs
     seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads,
-                                cpu_int8=cpu_int8)
+                                cpu_int8=cpu_int8, preprocess=args.preprocess)
     int8 = list(seg.session.variant_stages("cpu-int8"))
     precision = manifest.precision if seg.backend == "tensorrt" else "fp32"
     if int8:
         precision += " + int8 dynamic: " + ", ".join(int8)
     raw = {"label": f"{engine_dir.name} [{seg.backend}, {precision}]",
            "engines": str(engine_dir), "backend": seg.backend, "precision": precision,
-           "cpu_int8_stages": int8, "stages": {}, "pipeline": {}, "batch": {}}
+           "cpu_int8_stages": int8, "preprocess": "backend" if "preprocess" in seg.session.runners else "host",
+           "stages": {}, "pipeline": {}, "batch": {}, "products": {}}
     for name, case in cases.items():
         feeds = example_feeds(specs[case["stage"]], clamp_axes(case, specs))
         r = seg.session.runners[case["stage"]]
@@ -239,6 +260,8 @@ def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases
         raw["pipeline"][k] = {"frame_stages": per, "reference": ref_t, "stream": {
             mode: [r.timings["total"] for r in seg.segment_stream(stream, pipelined=mode == "pipelined")][1:]
             for mode in ("sequential", "pipelined")}}
+    if manifest.kind == "sam2":
+        raw["products"] = product_host_work(seg.session, frames, args)
     bmax = specs["image_encoder"].axis_ranges.get("batch", (1, 1, 1))[2]
     for b in args.batch_list:
         if b > bmax:
@@ -250,6 +273,44 @@ def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases
     seg.close()
     raw.update(peak_rss_mb=peak_rss_mb(), device_mem_mb=_device_mem_mb())
     return raw
+
+
+def product_host_work(session, frames, args) -> Dict[str, Dict[str, List[float]]]:
+    """Wall and host seconds (outside the backends' run calls) per call of the stock-SAM2
+    products on ``session``: ``ImagePredictor`` set_image + one click, ``VideoTracker.track_frame``
+    (one object, a box on frame 0)."""
+    from runtime.sam2.predictor import ImagePredictor
+    from runtime.sam2.tracker import VideoTracker
+
+    h, w = frames[0].shape[:2]
+    click, box = [[w // 2, h // 2]], [w // 4, h // 4, 3 * w // 4, 3 * h // 4]
+    out = {}
+
+    def timed(name, call, n):
+        rows = {"wall": [], "host": []}
+        for i in range(-args.warmup, n):
+            e0, t = session.engine_seconds, time.perf_counter()
+            call(i)
+            wall = time.perf_counter() - t
+            if i >= 0:
+                rows["wall"].append(wall)
+                rows["host"].append(wall - (session.engine_seconds - e0))
+        out[name] = rows
+
+    pred = ImagePredictor(session)
+
+    def predict(i):
+        pred.set_image(frames[i % len(frames)])
+        pred.predict(points=click, labels=[1])
+
+    timed("ImagePredictor", predict, args.iterations)
+    pred.close()
+    trk = VideoTracker(session)
+    trk.add_prompt(0, 1, frames[0], box=box)
+    timed("VideoTracker", lambda i: trk.track_frame(i + args.warmup + 1, frames[(i + 1) % len(frames)]),
+          args.iterations)
+    trk.close()
+    return out
 
 
 def collect_pytorch(args, frames, refs, masks, cases, nets, specs, model) -> dict:
@@ -326,8 +387,9 @@ def summarize_variant(raw: dict, cases, flops, peak) -> dict:
         else:
             s = summarize(t)
             batch.append({"batch": b, **s, "images_per_s": b / s["median"]})
-    return {**{k: v for k, v in raw.items() if k not in ("stages", "pipeline", "batch")},
-            "stages": stages, "pipeline": pipeline, "batch": batch}
+    products = {name: {k: summarize(v) for k, v in rows.items()} for name, rows in raw.get("products", {}).items()}
+    return {**{k: v for k, v in raw.items() if k not in ("stages", "pipeline", "batch", "products")},
+            "stages": stages, "pipeline": pipeline, "batch": batch, "products": products}
 
 
 def _attach_ratios(variants: List[dict], base: dict, name: str = "pytorch") -> None:
@@ -488,6 +550,10 @@ def run(args) -> dict:
               "GFLOP/s columns stay empty; rebuild it with export.build to get them", flush=True)
     imgs, masks = synthetic_images(size, max(args.shots_list) + 2, seed=0)
     refs, frames = imgs[:-2], imgs[-2:]
+    if args.frame_hw:
+        import cv2
+
+        frames = [cv2.resize(f, args.frame_hw[::-1], interpolation=cv2.INTER_LINEAR) for f in frames]
     raw = measure_rounds(args, engine_variants(args, manifests), frames, refs, masks, cases, nets,
                          specs, model, peak)
     best = (peak["cuda"] or peak["cpu"])["gflops"] if args.backend == "tensorrt" else peak["cpu"]["gflops"]
@@ -499,7 +565,8 @@ def run(args) -> dict:
         _attach_ratios(variants[1:], variants[0], "1st")
     settings = {"backend": args.backend, "threads": args.threads, "shots": args.shots_list,
                 "batch": args.batch_list, "iterations": args.iterations, "warmup": args.warmup,
-                "rounds": args.rounds, "cpu_int8": args.cpu_int8,
+                "rounds": args.rounds, "cpu_int8": args.cpu_int8, "preprocess": args.preprocess,
+                "frame": list(frames[0].shape[1::-1]),
                 "compare_pytorch": args.compare_pytorch, "folders": [str(d) for d in args.folders]}
     if args.compare_pytorch:
         import torch

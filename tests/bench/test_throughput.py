@@ -165,3 +165,18 @@ def test_compare_pytorch_without_torch_says_what_is_missing(tiny_engines, tmp_pa
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     assert "--compare-pytorch needs the workstation side" in proc.stderr
+
+
+def test_stock_products_and_frame_size(stock_sam2_factory, tmp_path):
+    """A stock folder also reports ImagePredictor / VideoTracker host work; --frame and --preprocess apply."""
+    folder = stock_sam2_factory("2.1")[2]
+    assert _run(tmp_path, "--model-dir", str(folder), "--frame", "400x300", "--preprocess", "backend") == 0
+    rec = json.loads((tmp_path / "r.json").read_text())
+    v = rec["variants"][0]
+    assert rec["settings"]["frame"] == [400, 300] and v["preprocess"] == "backend"
+    assert set(v["products"]) == {"ImagePredictor", "VideoTracker"}
+    for r in v["products"].values():
+        assert r["host"]["n"] == 2 and 0 <= r["host"]["median"] < r["wall"]["median"]
+    md = (tmp_path / "r.md").read_text()
+    assert "| VideoTracker |" in md and "target frames 400x300, preprocess=backend" in md
+    assert _run(tmp_path, "--model-dir", str(folder), "--frame", "400") == 2
