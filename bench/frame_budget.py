@@ -36,19 +36,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from bench.throughput import BenchError, _machine, _versions, summarize
+from bench.throughput import BenchError, _machine, _versions, frame_sizes, summarize
 
 MEMORY_MODES = ("arena", "shared", "off")
-
-
-def _sizes(text: str):
-    try:
-        out = [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise BenchError(f"--sizes takes WxH,WxH,..., got {text!r}") from None
-    if not out or any(len(s) != 2 or min(s) < 16 for s in out):
-        raise BenchError(f"--sizes takes WxH,WxH,... with sides >= 16, got {text!r}")
-    return [(h, w) for w, h in out]
 
 
 def parse_args(argv=None):
@@ -155,7 +145,7 @@ def run(args) -> dict:
     from runtime.core.resize import resize_bilinear
     from runtime.sam2.fewshot import FewShotSegmenter
 
-    sizes = _sizes(args.sizes)
+    sizes = frame_sizes(args.sizes, "--sizes")
     modes = [m for m in args.memory.split(",") if m]
     bad = [m for m in modes if m not in MEMORY_MODES]
     if bad or args.iterations < 1 or args.refs < 1:

@@ -71,6 +71,18 @@ class BenchError(UsageError):
     """Bad benchmark input: reported as ``error: ...`` with exit status 2."""
 
 
+def frame_sizes(text: str, flag: str, one: bool = False) -> List[tuple]:
+    """``"WxH,WxH"`` -> ``[(H, W), ...]`` (sides >= 16); ``one``: exactly one size."""
+    form = "WxH" if one else "WxH,WxH,..."
+    try:
+        out = [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BenchError(f"{flag} takes {form}, got {text!r}") from None
+    if not out or (one and len(out) > 1) or any(len(s) != 2 or min(s) < 16 for s in out):
+        raise BenchError(f"{flag} takes {form} with sides >= 16, got {text!r}")
+    return [(h, w) for w, h in out]
+
+
 def _int_list(text: str, what: str) -> List[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
@@ -123,15 +135,7 @@ def validate(args) -> List[dict]:
         raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads < 0:
         raise BenchError(f"--threads must be >= 0, got {args.threads}")
-    args.frame_hw = None
-    if args.frame:
-        try:
-            w, h = (int(v) for v in args.frame.lower().split("x"))
-        except ValueError:
-            raise BenchError(f"--frame takes WxH (e.g. 1920x1080), got {args.frame!r}") from None
-        if min(w, h) < 16:
-            raise BenchError(f"--frame sides must be >= 16, got {args.frame!r}")
-        args.frame_hw = (h, w)
+    args.frame_hw = frame_sizes(args.frame, "--frame", one=True)[0] if args.frame else None
     args.shots_list = _int_list(args.shots, "shots")
     args.batch_list = _int_list(args.batch, "batch")
     manifests = [ModelFolder.open(d, kinds=("sam2-fewshot", "sam2")).manifest for d in args.folders]

@@ -24,13 +24,6 @@ def _profiles(spec) -> list:
     return [{k: list(v) for k, v in p.items()} for p in spec.profile_ranges]
 
 
-def _previous_engine(previous: Optional[ModelFolder], name: str) -> Optional[EngineRecord]:
-    if previous is None:
-        return None
-    rec = previous.manifest.stages.get(name) or previous.manifest.edge_stages.get(name)
-    return rec.engine if rec else None
-
-
 def build_engines(folder: ModelFolder, previous: Optional[ModelFolder], *, skip: bool,
                   log: Callable[[str], None]) -> dict:
     """Build one strongly typed engine per stage of ``folder``, from the file of the stage's precision.
@@ -62,7 +55,7 @@ def build_engines(folder: ModelFolder, previous: Optional[ModelFolder], *, skip:
                                    f"{stage.precision} file to build its engine from; rebuild the folder")
         src = stage.files[stage.precision]
         engine_path = folder.path / engine_name(name, stage.precision)
-        prev = _previous_engine(previous, name)
+        prev = previous.stage(name).engine if previous and name in previous.runnable_specs else None
         if (prev and engine_path.is_file() and prev.sha256 == sha256_file(engine_path)
                 and prev.onnx_sha256 == src.sha256 and prev.built_from == stage.precision
                 and prev.build.get("strongly_typed") and prev.build.get("profiles_spec") == _profiles(spec)):
@@ -73,16 +66,16 @@ def build_engines(folder: ModelFolder, previous: Optional[ModelFolder], *, skip:
                 continue
             log(f"[tensorrt] {name}: rebuilding: {why}")
         log(f"[tensorrt] {name}: building a {stage.precision} engine from {src.file} (can take minutes) ...")
-        if name in folder.manifest.edge_specs:
-            try:  # an edge stage is an accelerator: without its engine the host does its work
-                record = build_engine(folder.path / src.file, engine_path, spec, timing_cache=timing_cache, log=log)
-            except (EngineBuildError, ModelFolderError) as e:  # the parser's / builder's reason is recorded
-                log(f"[tensorrt] {name}: engine NOT built ({type(e).__name__}: {e}); the runtime does "
-                    "this step on the host")
-                info.setdefault("edge_failures", {})[name] = f"{type(e).__name__}: {e}"
-                continue
-        else:
+        try:
             record = build_engine(folder.path / src.file, engine_path, spec, timing_cache=timing_cache, log=log)
+        except (EngineBuildError, ModelFolderError) as e:
+            if name not in folder.manifest.edge_specs:
+                raise
+            # An edge stage is an accelerator: without its engine the host does its work.
+            log(f"[tensorrt] {name}: engine NOT built ({type(e).__name__}: {e}); the runtime does "
+                "this step on the host")
+            info.setdefault("edge_failures", {})[name] = f"{type(e).__name__}: {e}"
+            continue
         stage.engine = EngineRecord(
             file=engine_path.name, sha256=record.pop("sha256"), precision=stage.precision,
             built_from=stage.precision, onnx_sha256=src.sha256, tensorrt_version=record.pop("tensorrt_version"),
