@@ -29,13 +29,13 @@ def clamp_axes(case: Mapping[str, int], specs: Mapping[str, StageSpec]) -> Dict[
 
 
 def sam2_cases(shots: List[int]) -> Dict[str, dict]:
-    """The SAM2 stage cases of ``bench.throughput``: batch 1, one prompt point, and memory
-    attention with k memories and k pointers for every k in ``shots``."""
+    """The SAM2 stage cases of ``bench.throughput``: batch 1, one object, one prompt point, and
+    memory attention with k memories and k pointers for every k in ``shots``."""
     cases = {"image_encoder": {"stage": "image_encoder", "batch": 1},
              "memory_encoder": {"stage": "memory_encoder", "batch": 1},
-             "mask_decoder": {"stage": "mask_decoder", "batch": 1, "num_points": 1}}
+             "mask_decoder": {"stage": "mask_decoder", "objects": 1, "num_points": 1}}
     for k in shots:
-        cases[f"memory_attention@{k}"] = {"stage": "memory_attention", "num_mem": k, "num_ptr": k}
+        cases[f"memory_attention@{k}"] = {"stage": "memory_attention", "objects": 1, "num_mem": k, "num_ptr": k}
     return cases
 
 

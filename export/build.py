@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-prompt-frames", type=int, default=8, metavar="N",
                    help="--stock-sam2: frames per object that may carry prompts when tracking (each is "
                         "attended to on every frame: the memory-attention engines take N - 1 more memories)")
+    s.add_argument("--max-objects", type=int, default=8, metavar="N",
+                   help="concepts (few-shot) or objects (tracking) one memory-attention and one decoder "
+                        "call take together; more are segmented in several calls. TensorRT sizes those "
+                        "engines for N (memory attention at the full memory profile: N times its "
+                        "one-object activations)")
     s.add_argument("--max-frame-side", type=int, default=1920, metavar="PX",
                    help="largest frame side (height or width) the preprocess graph takes: frames up to "
                         "it become the model input on the backend (TensorRT), larger ones are resized on "

@@ -45,6 +45,7 @@ class BuildOptions:
     channel_factor: Optional[float] = None
     stock_sam2: bool = False
     max_prompt_frames: int = 8
+    max_objects: int = 8  # runtime.sam2.spec.DEFAULT_MAX_OBJECTS
     max_frame_side: int = 1920  # runtime.sam2.spec.DEFAULT_MAX_FRAME_SIDE
     calib: Optional[Path] = None
     int8_stages: str = "image_encoder"

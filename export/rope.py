@@ -53,8 +53,9 @@ def fold_value_projection(v_proj: nn.Linear, out_proj: nn.Linear) -> Tuple[torch
 class RealRoPEAttention(nn.Module):
     """Drop-in for a sam2 ``RoPEAttention`` (shares its projection weights).
 
-    ``forward(q [B,Nq,C], k [B,Nk,Ck], v [B,Nk,Ck], num_spatial_k)``: the first
-    ``num_spatial_k`` keys (a multiple of ``Nq``) are rotated, the rest are not.
+    ``forward(q [B,Nq,C], k [B,Nk,Ck], v [B,Nk,Ck], num_spatial_k, key_bias)``: the
+    first ``num_spatial_k`` keys (a multiple of ``Nq``) are rotated, the rest are
+    not; ``key_bias`` masks keys out (padding).
 
     With one head (all of sam2's memory attention) the value projection is
     folded into the output projection: every row of the attention matrix
@@ -107,7 +108,8 @@ class RealRoPEAttention(nn.Module):
             return F.linear(out, self.vo_weight, self.vo_bias)
         return self.out_proj(out)
 
-    def forward(self, q, k, v, num_spatial_k: int | None = None):
+    def forward(self, q, k, v, num_spatial_k: int | None = None, key_bias=None):
+        """``key_bias [B,1,1,Nk]`` (optional) is added to the attention scores."""
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         q = rotate_pairs(q, self.cos, self.sin)
@@ -119,7 +121,8 @@ class RealRoPEAttention(nn.Module):
             spatial = k[:, :, :num_spatial_k].reshape(b, h, -1, n_q, d)
             spatial = rotate_pairs(spatial, self.cos, self.sin).reshape(b, h, -1, d)
             k = torch.cat([spatial, k[:, :, num_spatial_k:]], dim=2)
-        return self._output(F.scaled_dot_product_attention(q, k, self._values(v), scale=self.scale))
+        return self._output(F.scaled_dot_product_attention(q, k, self._values(v), attn_mask=key_bias,
+                                                           scale=self.scale))
 
 
 def rope_theta(attn: nn.Module) -> float:

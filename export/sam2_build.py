@@ -31,7 +31,7 @@ from runtime.core.spec import check_image_size
 from runtime.errors import UsageError
 from runtime.sam2.spec import DEFAULT_AXIS_RANGES, STAGES, parse_stages, preprocess_spec, stage_specs
 
-EXPORT_CODE_VERSION = 4  # bump when the exported graphs change meaning
+EXPORT_CODE_VERSION = 5  # bump when the exported graphs change meaning
 DEFAULT_IMAGE_SIZE = 1024
 # Prompted (conditioning) frames a stock-SAM2 tracker can attend to at once.
 DENSE_ONLY = ("checkpoint", "trunk", "dino_config", "dino_size", "fpn", "split", "fp32_parts", "no_fp16_check")
@@ -44,8 +44,9 @@ def parity_cases(stage: str, ranges: Dict[str, tuple]) -> List[Dict[str, int]]:
     if stage == "memory_attention":
         lo_m, lo_p = ranges["num_mem"][0], ranges["num_ptr"][0]
         hi_m, hi_p = ranges["num_mem"][2], ranges["num_ptr"][2]
-        return [{"num_mem": lo_m, "num_ptr": lo_p}, {"num_mem": hi_m, "num_ptr": hi_p}]
-    return [{"batch": 1, "num_points": 1}, {"batch": 1, "num_points": 3}]
+        return [{"objects": 1, "num_mem": lo_m, "num_ptr": lo_p},
+                {"objects": 2, "num_mem": hi_m, "num_ptr": hi_p}]
+    return [{"objects": 1, "num_points": 1}, {"objects": 2, "num_points": 3}]
 
 
 def parse_adapter_stages(text: str) -> tuple:
@@ -65,6 +66,8 @@ def _validate(opts: BuildOptions) -> None:
     if opts.given("max_prompt_frames") and not opts.stock_sam2:
         raise UsageError("--max-prompt-frames is for --stock-sam2 folders (video tracking); few-shot folders "
                          "attend to their references, see --help")
+    if opts.max_objects < 1:
+        raise UsageError(f"--max-objects must be >= 1, got {opts.max_objects}")
     if opts.max_prompt_frames < 1:
         raise UsageError(f"--max-prompt-frames must be >= 1, got {opts.max_prompt_frames}")
     check_image_size(opts.image_size or DEFAULT_IMAGE_SIZE)
@@ -122,6 +125,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     fold_adapter_scale(model)
     ranges = dict(DEFAULT_AXIS_RANGES)
     ranges["batch"] = (1, 1, opts.max_batch)
+    ranges["objects"] = (1, 1, opts.max_objects)
     # Tracking (stock SAM2) attends to every prompted frame besides the recent
     # ones: room for --max-prompt-frames conditioning frames in the profiles.
     extra = opts.max_prompt_frames - 1 if opts.stock_sam2 else 0

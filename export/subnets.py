@@ -20,6 +20,10 @@ from runtime.sam2.spec import MEM_DIM
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Attention bias of a padded memory entry: far enough below any real score that
+# exp() of it is exactly 0 in float32 and float16, finite so that quantizers and
+# float16 arithmetic never meet an infinity.
+PAD_BIAS = -1.0e4
 
 
 class ImageEncoderNet(nn.Module):
@@ -68,16 +72,20 @@ class MemoryEncoderNet(nn.Module):
 
 
 class MemoryAttentionNet(nn.Module):
-    """Condition the current frame's features on memories and object pointers.
+    """Condition the current frame's features on each object's memories and pointers.
 
-    Inputs: ``vision_feat [1,256,h,w]``, ``mem_feats [Nm,64,h,w]``,
-    ``mem_pos [Nm,64,h,w]`` (spatial + temporal encoding, host-assembled),
-    ``obj_ptrs [Np,256]``, ``obj_ptr_pos [Np,64]``. Output
-    ``conditioned_feat [1,256,h,w]``. Each pointer becomes 4 tokens of 64
-    (sam2's split for ``mem_dim < hidden_dim``); RoPE on spatial keys only.
-    The current frame's sine position encoding is a graph constant.
-    ``fold_values`` folds each single-head attention's value projection into
-    its output projection (exact; see :class:`RealRoPEAttention`).
+    Inputs: ``vision_feat [1,256,h,w]``; per object ``mem_feats [N,Nm,64,h,w]``,
+    ``mem_pos [N,Nm,64,h,w]`` (spatial + temporal encoding, host-assembled),
+    ``mem_valid [N,Nm]``, ``obj_ptrs [N,Np,256]``, ``obj_ptr_pos [N,Np,64]``,
+    ``ptr_valid [N,Np]``. Output ``conditioned_feat [N,256,h,w]``: object i's
+    features conditioned on its own memories, as a call with only them would
+    give (entries whose ``*_valid`` is 0 get an attention bias of
+    :data:`PAD_BIAS`, so their weight is exactly 0 in float32 and float16).
+    Each pointer becomes 4 tokens of 64 (sam2's split for
+    ``mem_dim < hidden_dim``); RoPE on spatial keys only. The current frame's
+    sine position encoding is a graph constant. ``fold_values`` folds each
+    single-head attention's value projection into its output projection
+    (exact; see :class:`RealRoPEAttention`).
     """
 
     def __init__(self, sam: nn.Module, vision_pos_enc: torch.Tensor, fold_values: bool = True):
@@ -101,17 +109,23 @@ class MemoryAttentionNet(nn.Module):
         self.mem_dim = MEM_DIM
         self.hidden_dim = sam.hidden_dim
 
-    def forward(self, vision_feat, mem_feats, mem_pos, obj_ptrs, obj_ptr_pos):
-        b, c, h, w = vision_feat.shape
-        curr = vision_feat.flatten(2).transpose(1, 2)  # [1,hw,256]
+    def forward(self, vision_feat, mem_feats, mem_pos, mem_valid, obj_ptrs, obj_ptr_pos, ptr_valid):
+        _, c, h, w = vision_feat.shape
+        n, hw = mem_feats.shape[0], h * w
         split = self.hidden_dim // self.mem_dim
-        mem_sp = mem_feats.flatten(2).transpose(1, 2).reshape(1, -1, self.mem_dim)
-        pos_sp = mem_pos.flatten(2).transpose(1, 2).reshape(1, -1, self.mem_dim)
-        ptr = obj_ptrs.reshape(1, -1, self.mem_dim)  # [1, Np*split, 64]
-        ptr_pos = obj_ptr_pos.repeat_interleave(split, dim=0).unsqueeze(0)
+        curr = vision_feat.flatten(2).transpose(1, 2).expand(n, -1, -1)  # [N,hw,256]
+        # [N,Nm,64,h,w] -> [N,Nm*hw,64], memory-major like sam2's concatenation
+        mem_sp = mem_feats.flatten(3).transpose(2, 3).reshape(n, -1, self.mem_dim)
+        pos_sp = mem_pos.flatten(3).transpose(2, 3).reshape(n, -1, self.mem_dim)
+        ptr = obj_ptrs.reshape(n, -1, self.mem_dim)  # [N, Np*split, 64]
+        ptr_pos = obj_ptr_pos.unsqueeze(2).expand(-1, -1, split, -1).reshape(n, -1, self.mem_dim)
         num_spatial = mem_sp.shape[1]
         memory = torch.cat([mem_sp, ptr], dim=1)
         memory_pos = torch.cat([pos_sp, ptr_pos], dim=1)
+        # Each entry's validity over its tokens -> an additive key bias [N,1,1,Nk].
+        valid = torch.cat([mem_valid.unsqueeze(2).expand(-1, -1, hw).reshape(n, -1),
+                           ptr_valid.unsqueeze(2).expand(-1, -1, split).reshape(n, -1)], dim=1)
+        key_bias = ((1.0 - valid) * PAD_BIAS).reshape(n, 1, 1, -1)
 
         out = curr + 0.1 * self.curr_pos if self.pos_enc_at_input else curr
         for layer, sa, ca in zip(self.layers, self.self_attns, self.cross_attns):
@@ -121,11 +135,11 @@ class MemoryAttentionNet(nn.Module):
             t = layer.norm2(out)
             q = t + self.curr_pos if layer.pos_enc_at_cross_attn_queries else t
             k = memory + memory_pos if layer.pos_enc_at_cross_attn_keys else memory
-            out = out + ca(q, k, memory, num_spatial)
+            out = out + ca(q, k, memory, num_spatial, key_bias)
             t = layer.norm3(out)
             out = out + layer.linear2(layer.activation(layer.linear1(t)))
         out = self.norm(out)
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        return out.transpose(1, 2).reshape(n, c, h, w)
 
 
 class MaskDecoderNet(nn.Module):

@@ -189,7 +189,8 @@ def example_feeds(spec: StageSpec, axes: Mapping[str, int], seed: int = 0) -> Di
     """Random but meaningful inputs for ``spec`` with dynamic axes set by ``axes``.
 
     Point labels are drawn from {-1, 0, 1}, coordinates inside the image,
-    ``has_mask_input`` is 1; everything else is standard normal (images uniform).
+    ``has_mask_input`` and the validity masks (``*_valid``) are 1; everything else is
+    standard normal (images uniform).
     """
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -201,7 +202,7 @@ def example_feeds(spec: StageSpec, axes: Mapping[str, int], seed: int = 0) -> Di
             a = rng.random(shape) * spec.inputs[0].shape[-1] * 16  # 0..S
         elif t.name == "point_labels":
             a = rng.integers(-1, 2, size=shape)
-        elif t.name == "has_mask_input":
+        elif t.name == "has_mask_input" or t.name.endswith("_valid"):
             a = np.ones(shape)
         elif t.name == "mask_logits":
             a = rng.standard_normal(shape) * 10

@@ -2,7 +2,14 @@
 
 Dynamic axes and their ranges:
 
-- ``batch``: images per call (image encoder, memory encoder, mask decoder).
+- ``batch``: images per call (image encoder, memory encoder).
+- ``objects``: concepts (few-shot) or objects (tracking) of one frame per call
+  (memory attention, mask decoder), up to :data:`DEFAULT_MAX_OBJECTS` by
+  default. Each object attends to its own memories and pointers; objects with
+  fewer than the call's ``num_mem`` / ``num_ptr`` are padded, and the padding
+  is masked out of the attention by ``mem_valid`` / ``ptr_valid`` (1 a real
+  entry, 0 padding), so a batched call gives each object what a call of its
+  own gives it.
 - ``num_mem``: spatial memories fed to memory attention (1 .. num_maskmem).
 - ``num_ptr``: object pointers fed to memory attention (1 .. max_obj_ptrs).
 - ``num_points``: prompt points per image in the mask decoder (>= 1; the
@@ -45,8 +52,10 @@ DEFAULT_MAX_FRAME_SIDE = 1920
 # Ranges of the dynamic axes: (min, opt, max). Used for TensorRT profiles and
 # for validating feeds at run time.
 MAX_PROMPT_POINTS = 64
+DEFAULT_MAX_OBJECTS = 8
 DEFAULT_AXIS_RANGES: Dict[str, AxisRange] = {
     "batch": (1, 1, 4),
+    "objects": (1, 1, DEFAULT_MAX_OBJECTS),
     "num_mem": (1, 7, 7),
     "num_ptr": (1, 16, 16),
     "num_points": (1, 2, MAX_PROMPT_POINTS),
@@ -54,12 +63,14 @@ DEFAULT_AXIS_RANGES: Dict[str, AxisRange] = {
 
 
 def memory_attention_profiles(ranges: Dict[str, AxisRange]) -> Tuple[Dict[str, AxisRange], ...]:
-    """A one-memory, one-pointer bucket (1-shot, first tracked frame), then the full range."""
+    """A one-memory, one-pointer bucket (1-shot, first tracked frame), then the full range;
+    both span the whole ``objects`` range."""
     one = {"num_mem": (1, 1, 1), "num_ptr": (1, 1, 1)}
     full = {k: ranges[k] for k in ("num_mem", "num_ptr")}
     if full == one or any(full[k][0] > 1 for k in full):
         return ()  # one profile spanning the ranges
-    return (one, full)
+    objects = {"objects": ranges["objects"]}
+    return ({**one, **objects}, {**full, **objects})
 
 
 def stage_specs(
@@ -69,7 +80,9 @@ def stage_specs(
     """Tensor descriptions of the four sub-networks for a square ``image_size``.
 
     Shapes at 1024: ``vision_feat [B,256,64,64]``, ``feat_s1 [B,64,128,128]``,
-    ``feat_s0 [B,32,256,256]``, mask logits ``[B,4,256,256]``.
+    ``feat_s0 [B,32,256,256]``, mask logits ``[N,4,256,256]`` for N objects.
+    Memory attention and the mask decoder take the features of one frame
+    (batch 1) and N objects' memories / prompts.
     """
     check_image_size(image_size)
     ranges = dict(DEFAULT_AXIS_RANGES)
@@ -104,33 +117,35 @@ def stage_specs(
         "memory_attention",
         inputs=(
             TensorSpec("vision_feat", (1,) + vision, f32),
-            TensorSpec("mem_feats", ("num_mem", MEM_DIM, e, e), f32),
-            TensorSpec("mem_pos", ("num_mem", MEM_DIM, e, e), f32),
-            TensorSpec("obj_ptrs", ("num_ptr", HIDDEN_DIM), f32),
-            TensorSpec("obj_ptr_pos", ("num_ptr", MEM_DIM), f32),
+            TensorSpec("mem_feats", ("objects", "num_mem", MEM_DIM, e, e), f32),
+            TensorSpec("mem_pos", ("objects", "num_mem", MEM_DIM, e, e), f32),
+            TensorSpec("mem_valid", ("objects", "num_mem"), f32),
+            TensorSpec("obj_ptrs", ("objects", "num_ptr", HIDDEN_DIM), f32),
+            TensorSpec("obj_ptr_pos", ("objects", "num_ptr", MEM_DIM), f32),
+            TensorSpec("ptr_valid", ("objects", "num_ptr"), f32),
         ),
-        outputs=(TensorSpec("conditioned_feat", (1,) + vision, f32),),
-        axis_ranges=pick("num_mem", "num_ptr"),
+        outputs=(TensorSpec("conditioned_feat", ("objects",) + vision, f32),),
+        axis_ranges=pick("objects", "num_mem", "num_ptr"),
         profiles=memory_attention_profiles(ranges),
     )
     mask_decoder = StageSpec(
         "mask_decoder",
         inputs=(
-            TensorSpec("image_embed", ("batch",) + vision, f32),
-            TensorSpec("feat_s1", ("batch", FEAT_S1_DIM, 2 * e, 2 * e), f32),
-            TensorSpec("feat_s0", ("batch", FEAT_S0_DIM, lo, lo), f32),
-            TensorSpec("point_coords", ("batch", "num_points", 2), f32),
-            TensorSpec("point_labels", ("batch", "num_points"), f32),
-            TensorSpec("mask_input", ("batch", 1, lo, lo), f32),
+            TensorSpec("image_embed", ("objects",) + vision, f32),
+            TensorSpec("feat_s1", (1, FEAT_S1_DIM, 2 * e, 2 * e), f32),
+            TensorSpec("feat_s0", (1, FEAT_S0_DIM, lo, lo), f32),
+            TensorSpec("point_coords", ("objects", "num_points", 2), f32),
+            TensorSpec("point_labels", ("objects", "num_points"), f32),
+            TensorSpec("mask_input", ("objects", 1, lo, lo), f32),
             TensorSpec("has_mask_input", (1,), f32),
         ),
         outputs=(
-            TensorSpec("masks", ("batch", NUM_MASK_TOKENS, lo, lo), f32),
-            TensorSpec("iou_pred", ("batch", NUM_MASK_TOKENS), f32),
-            TensorSpec("obj_ptr", ("batch", NUM_MASK_TOKENS, HIDDEN_DIM), f32),
-            TensorSpec("object_score_logits", ("batch", 1), f32),
+            TensorSpec("masks", ("objects", NUM_MASK_TOKENS, lo, lo), f32),
+            TensorSpec("iou_pred", ("objects", NUM_MASK_TOKENS), f32),
+            TensorSpec("obj_ptr", ("objects", NUM_MASK_TOKENS, HIDDEN_DIM), f32),
+            TensorSpec("object_score_logits", ("objects", 1), f32),
         ),
-        axis_ranges=pick("batch", "num_points"),
+        axis_ranges=pick("objects", "num_points"),
     )
     return {
         s.name: s for s in (image_encoder, memory_encoder, memory_attention, mask_decoder)

@@ -23,7 +23,7 @@ def test_record_and_cache(tiny_engines, tmp_path):
         for f in feeds:
             assert set(f) == set(specs[s].input_names)
             assert all(v.dtype == np.float32 for v in f.values())
-    assert samples["memory_attention"][0]["mem_feats"].shape[0] == 2  # both references
+    assert samples["memory_attention"][0]["mem_feats"].shape[:2] == (1, 2)  # one concept, both references
     assert len(logits) == 2 and logits[0].shape == eps[0].targets[0].shape[:2]
     assert json.loads((cache / MARKER).read_text())["counts"]["image_encoder"] == 6
 

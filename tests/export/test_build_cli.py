@@ -131,7 +131,7 @@ def test_plain_export_is_the_unoptimised_baseline(tiny_engines, plain_engines):
     assert ops(plain, "memory_attention").count("MatMul") - ops(tiny_engines, "memory_attention").count("MatMul") == 8
     specs = ModelFolder.open(plain).specs
     for stage in ("image_encoder", "memory_attention"):
-        feeds = example_feeds(specs[stage], {"batch": 1, "num_mem": 2, "num_ptr": 2}, seed=4)
+        feeds = example_feeds(specs[stage], {"batch": 1, "objects": 2, "num_mem": 2, "num_ptr": 2}, seed=4)
         a = ort_session(plain / f"{stage}.onnx").run(None, feeds)
         b = ort_session(tiny_engines / f"{stage}.onnx").run(None, feeds)
         assert max(relative_l2(y, x) for x, y in zip(a, b)) < 1e-5

@@ -45,7 +45,7 @@ def test_round_trip_gives_the_in_memory_outputs(random_ckpts, tmp_path):
     ours, theirs = build_subnets(loaded), build_subnets(original)
     # Stages whose weights do not depend on the object-score head must agree exactly.
     for stage, axes in (("image_encoder", {"batch": 1}), ("memory_encoder", {"batch": 1}),
-                        ("memory_attention", {"num_mem": 2, "num_ptr": 2})):
+                        ("memory_attention", {"objects": 2, "num_mem": 2, "num_ptr": 2})):
         path = export_onnx(ours[stage], specs[stage], tmp_path / f"{stage}.onnx")
         feeds = example_feeds(specs[stage], axes, seed=5)
         got = ort_session(path).run(None, feeds)

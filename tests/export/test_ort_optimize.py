@@ -90,8 +90,12 @@ def test_image_encoder_position_embedding_folded(plain_engines, tiny_engines, tm
 def test_memory_attention_folded_and_equal(plain_engines, tmp_path):
     out = tmp_path / "ma.onnx"
     rep = optimize_for_ort(plain_engines / "memory_attention.onnx", out, "memory_attention")
-    assert rep["nodes_after"] < rep["nodes_before"] // 2
-    for axes in ({"num_mem": 1, "num_ptr": 1}, {"num_mem": 3, "num_ptr": 5}):
+    # The shape arithmetic of the objects axis stays (it is dynamic); the SDPA scales, casts and
+    # identities that depend on nothing go.
+    assert rep["nodes_after"] < 0.6 * rep["nodes_before"]
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert not ops & {"Cast", "Div", "Identity", "ConstantOfShape", "Sqrt"}
+    for axes in ({"num_mem": 1, "num_ptr": 1}, {"objects": 2, "num_mem": 3, "num_ptr": 5}):
         assert verify(plain_engines / "memory_attention.onnx", out, "memory_attention", axes) < 1e-5
 
 
@@ -99,12 +103,14 @@ def test_memory_attention_fused_and_equal(tiny_engines, tmp_path):
     out = tmp_path / "ma.onnx"
     rep = optimize_for_ort(tiny_engines / "memory_attention.onnx", out, "memory_attention",
                            passes=("fold", "fuse"))
-    assert rep["fuse"]["fused_attention"] == 8  # 4 layers x (self + cross)
+    # 4 layers x self-attention; the 4 cross-attentions add the padding's key bias to the scores
+    assert rep["fuse"]["fused_attention"] == 4
+    assert len(rep["fuse"]["skipped"]) == 4 and all("key bias" in s["why"] for s in rep["fuse"]["skipped"])
     m = onnx.load(str(out))
     ops = [n.op_type for n in m.graph.node]
-    assert ops.count("MultiHeadAttention") == 8 and "Softmax" not in ops
+    assert ops.count("MultiHeadAttention") == 4 and ops.count("Softmax") == 4
     assert any(n.domain == MS_DOMAIN for n in m.graph.node)
-    for axes in ({"num_mem": 1, "num_ptr": 1}, {"num_mem": 3, "num_ptr": 5}):
+    for axes in ({"num_mem": 1, "num_ptr": 1}, {"objects": 2, "num_mem": 3, "num_ptr": 5}):
         assert verify(tiny_engines / "memory_attention.onnx", out, "memory_attention", axes) < 1e-5
 
 

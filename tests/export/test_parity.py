@@ -26,13 +26,15 @@ def test_memory_attention_memory_counts(tiny_model, tmp_path, num_mem):
     net = build_subnets(tiny_model)["memory_attention"]
     path = export_onnx(net, spec, tmp_path / "ma.onnx")
     # k references give min(k, 7) memories and min(k, 16) pointers.
-    r = check_parity(net, spec, path, [{"num_mem": num_mem, "num_ptr": num_mem}], seed=num_mem)
+    r = check_parity(net, spec, path, [{"objects": 2, "num_mem": num_mem, "num_ptr": num_mem}], seed=num_mem)
     print(f"memory attention, {num_mem} memories: rel L2 {r['rel_l2']:.2e} max abs {r['max_abs']:.2e}")
     assert r["rel_l2"] <= 1e-5
 
 
 def test_memory_attention_matches_sam2_module(tiny_model):
-    """The real-valued RoPE rewrite equals sam2's complex MemoryAttention."""
+    """The real-valued RoPE rewrite equals sam2's complex MemoryAttention, for each object of a
+    padded batch: object 0 has 3 memories and 5 pointers, object 1 one memory and 2 pointers
+    (padded to 3 and 5, the padding filled with noise that the mask must cancel)."""
     import torch
 
     from export.subnets import vision_pos_enc
@@ -40,19 +42,25 @@ def test_memory_attention_matches_sam2_module(tiny_model):
     net = build_subnets(tiny_model)["memory_attention"]
     g = torch.Generator().manual_seed(0)
     e, nm, npt = 16, 3, 5
+    counts = [(3, 5), (1, 2)]
     vf = torch.randn(1, 256, e, e, generator=g)
-    mf, mp = torch.randn(nm, 64, e, e, generator=g), torch.randn(nm, 64, e, e, generator=g)
-    ptr, ppos = torch.randn(npt, 256, generator=g), torch.randn(npt, 64, generator=g)
+    mf, mp = torch.randn(2, nm, 64, e, e, generator=g), torch.randn(2, nm, 64, e, e, generator=g)
+    ptr, ppos = torch.randn(2, npt, 256, generator=g), torch.randn(2, npt, 64, generator=g)
+    mv = torch.tensor([[float(j < m) for j in range(nm)] for m, _ in counts])
+    pv = torch.tensor([[float(j < p) for j in range(npt)] for _, p in counts])
+    pos = vision_pos_enc(tiny_model).flatten(2).permute(2, 0, 1)
     with torch.no_grad():
-        ours = net(vf, mf, mp, ptr, ppos)
-        pos = vision_pos_enc(tiny_model).flatten(2).permute(2, 0, 1)
-        mem = torch.cat([mf.flatten(2).permute(0, 2, 1).reshape(-1, 1, 64), ptr.reshape(-1, 1, 64)])
-        mpos = torch.cat([mp.flatten(2).permute(0, 2, 1).reshape(-1, 1, 64),
-                          ppos.repeat_interleave(4, 0)[:, None]])
-        ref = tiny_model.memory_attention(curr=[vf.flatten(2).permute(2, 0, 1)], curr_pos=[pos],
-                                          memory=mem, memory_pos=mpos, num_obj_ptr_tokens=4 * npt)
-    ref = ref.permute(1, 2, 0).reshape(1, 256, e, e)
-    assert ((ours - ref).norm() / ref.norm()).item() < 1e-5
+        ours = net(vf, mf, mp, mv, ptr, ppos, pv)
+        for i, (m, p) in enumerate(counts):
+            mem = torch.cat([mf[i, :m].flatten(2).permute(0, 2, 1).reshape(-1, 1, 64),
+                             ptr[i, :p].reshape(-1, 1, 64)])
+            mpos = torch.cat([mp[i, :m].flatten(2).permute(0, 2, 1).reshape(-1, 1, 64),
+                              ppos[i, :p].repeat_interleave(4, 0)[:, None]])
+            ref = tiny_model.memory_attention(curr=[vf.flatten(2).permute(2, 0, 1)], curr_pos=[pos],
+                                              memory=mem, memory_pos=mpos, num_obj_ptr_tokens=4 * p)
+            ref = ref.permute(1, 2, 0).reshape(256, e, e)
+            rel = ((ours[i] - ref).norm() / ref.norm()).item()
+            assert rel < 1e-5, f"object {i}: rel L2 {rel:.2e} vs sam2's MemoryAttention"
 
 
 def test_value_projection_folded_exactly(tiny_model):
@@ -69,9 +77,10 @@ def test_value_projection_folded_exactly(tiny_model):
     assert folded.cross_attns[0].vo_weight.shape == (256, 64)  # A @ V at the memories' width
     g = torch.Generator().manual_seed(1)
     e = pos.shape[-1]
-    args = (torch.randn(1, 256, e, e, generator=g), torch.randn(2, 64, e, e, generator=g),
-            torch.randn(2, 64, e, e, generator=g), torch.randn(3, 256, generator=g),
-            torch.randn(3, 64, generator=g))
+    args = (torch.randn(1, 256, e, e, generator=g), torch.randn(2, 2, 64, e, e, generator=g),
+            torch.randn(2, 2, 64, e, e, generator=g), torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
+            torch.randn(2, 3, 256, generator=g), torch.randn(2, 3, 64, generator=g),
+            torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]))
     with torch.no_grad():
         a, b = folded(*args), plain(*args)
     assert ((a - b).norm() / b.norm()).item() < 1e-6

@@ -97,8 +97,8 @@ def test_build_reproduces_the_in_memory_model(built):
     assert adapter_state_dict(original)  # adapters present, with the file's weights
     fold_adapter_scale(original)
     nets, specs = build_subnets(original), stage_specs(SIZE)
-    for stage, axes in (("image_encoder", {"batch": 1}), ("memory_attention", {"num_mem": 2, "num_ptr": 3}),
-                        ("mask_decoder", {"batch": 1, "num_points": 3})):
+    for stage, axes in (("image_encoder", {"batch": 1}), ("memory_attention", {"objects": 2, "num_mem": 2, "num_ptr": 3}),
+                        ("mask_decoder", {"objects": 2, "num_points": 3})):
         feeds = example_feeds(specs[stage], axes, seed=7)
         got = ort_session(built / f"{stage}.onnx").run(None, feeds)
         ref = torch_outputs(nets[stage], specs[stage], feeds)

@@ -39,17 +39,20 @@ def test_status_without_gpu(monkeypatch):
 
 
 def test_profile_shapes_from_spec():
-    specs = stage_specs(256)  # embedding side 16, ranges: num_mem (1,7,7), num_ptr (1,16,16)
+    # embedding side 16, ranges: objects (1,1,8), num_mem (1,7,7), num_ptr (1,16,16)
+    specs = stage_specs(256)
     attn = profile_shapes(specs["memory_attention"])
-    assert set(attn) == {"mem_feats", "mem_pos", "obj_ptrs", "obj_ptr_pos"}  # vision_feat is static
-    assert attn["mem_feats"] == ((1, 64, 16, 16), (7, 64, 16, 16), (7, 64, 16, 16))
-    assert attn["obj_ptrs"] == ((1, 256), (16, 256), (16, 256))
+    # vision_feat is static (one frame for all objects)
+    assert set(attn) == {"mem_feats", "mem_pos", "mem_valid", "obj_ptrs", "obj_ptr_pos", "ptr_valid"}
+    assert attn["mem_feats"] == ((1, 1, 64, 16, 16), (1, 7, 64, 16, 16), (8, 7, 64, 16, 16))
+    assert attn["mem_valid"] == ((1, 1), (1, 7), (8, 7))
+    assert attn["obj_ptrs"] == ((1, 1, 256), (1, 16, 256), (8, 16, 256))
     dec = profile_shapes(specs["mask_decoder"])
-    assert dec["point_coords"] == ((1, 1, 2), (1, 2, 2), (4, 64, 2))  # SANSA: 20 clicks, scribbles up to 64
-    assert dec["point_labels"] == ((1, 1), (1, 2), (4, 64))
-    assert "has_mask_input" not in dec
-    custom = stage_specs(256, {"num_mem": (2, 3, 4)})["memory_attention"]
+    assert dec["point_coords"] == ((1, 1, 2), (1, 2, 2), (8, 64, 2))  # SANSA: 20 clicks, scribbles up to 64
+    assert dec["point_labels"] == ((1, 1), (1, 2), (8, 64))
+    assert "has_mask_input" not in dec and "feat_s0" not in dec  # one frame's features for all objects
+    custom = stage_specs(256, {"num_mem": (2, 3, 4), "objects": (1, 2, 4)})["memory_attention"]
     assert profile_shapes(custom, input_names=["mem_pos"]) == {
-        "mem_pos": ((2, 64, 16, 16), (3, 64, 16, 16), (4, 64, 16, 16))}
+        "mem_pos": ((1, 2, 64, 16, 16), (2, 3, 64, 16, 16), (4, 4, 64, 16, 16))}
     one_memory = profile_shapes(specs["memory_attention"], {"num_mem": (1, 1, 1)})
-    assert one_memory["mem_feats"][2] == (1, 64, 16, 16) and one_memory["obj_ptrs"][2] == (16, 256)
+    assert one_memory["mem_feats"][2] == (8, 1, 64, 16, 16) and one_memory["obj_ptrs"][2] == (8, 16, 256)

@@ -137,20 +137,21 @@ def test_choose_profile_none_fits_names_ranges():
 
 def test_check_feeds_against_spec():
     spec = stage_specs(256)["memory_attention"]  # embedding side 16
-    good = {"vision_feat": (1, 256, 16, 16), "mem_feats": (3, 64, 16, 16),
-            "mem_pos": (3, 64, 16, 16), "obj_ptrs": (5, 256), "obj_ptr_pos": (5, 64)}
+    good = {"vision_feat": (1, 256, 16, 16), "mem_feats": (2, 3, 64, 16, 16), "mem_pos": (2, 3, 64, 16, 16),
+            "mem_valid": (2, 3), "obj_ptrs": (2, 5, 256), "obj_ptr_pos": (2, 5, 64), "ptr_valid": (2, 5)}
     good = {k: (v, "float32") for k, v in good.items()}
-    assert spec.check_feeds(good) == {"num_mem": 3, "num_ptr": 5}
-    with pytest.raises(TensorContractError, match="axis 2 is 32, must be 16"):
-        spec.check_feeds({**good, "mem_feats": ((3, 64, 32, 16), "float32")})
-    with pytest.raises(TensorContractError, match="rank 3 instead of 4"):
-        spec.check_feeds({**good, "mem_pos": ((3, 64, 16), "float32")})
+    assert spec.check_feeds(good) == {"objects": 2, "num_mem": 3, "num_ptr": 5}
+    with pytest.raises(TensorContractError, match="axis 3 is 32, must be 16"):
+        spec.check_feeds({**good, "mem_feats": ((2, 3, 64, 32, 16), "float32")})
+    with pytest.raises(TensorContractError, match="rank 4 instead of 5"):
+        spec.check_feeds({**good, "mem_pos": ((2, 3, 64, 16), "float32")})
     with pytest.raises(TensorContractError, match="num_mem=2 here but num_mem=3 in input 'mem_feats'"):
-        spec.check_feeds({**good, "mem_pos": ((2, 64, 16, 16), "float32")})
+        spec.check_feeds({**good, "mem_pos": ((2, 2, 64, 16, 16), "float32")})
     with pytest.raises(ValueError, match=r"num_mem=8 is outside the range 1\.\.7"):
-        spec.check_feeds({**good, "mem_feats": ((8, 64, 16, 16), "float32"), "mem_pos": ((8, 64, 16, 16), "float32")})
+        spec.check_feeds({**good, "mem_feats": ((2, 8, 64, 16, 16), "float32"),
+                          "mem_pos": ((2, 8, 64, 16, 16), "float32"), "mem_valid": ((2, 8), "float32")})
     with pytest.raises(TensorContractError, match="'obj_ptrs' is float64, the stage takes float32"):
-        spec.check_feeds({**good, "obj_ptrs": ((5, 256), "float64")})
+        spec.check_feeds({**good, "obj_ptrs": ((2, 5, 256), "float64")})
 
 
 def test_engine_usable_here():

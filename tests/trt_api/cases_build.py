@@ -66,7 +66,9 @@ def test_every_stage_builds_strongly_typed_from_its_precision_file(gpu, tmp_path
         assert len(e.build["profiles"]) == (len(spec.profile_ranges) if dynamic else 0)
     if "memory_attention" in folder.specs:  # the one-memory bucket, then the full range (runtime/sam2/spec.py)
         ma = [p for p in rec.profiles if "mem_feats" in p]
-        assert [p["mem_feats"][2][0] for p in ma] == [1, folder.specs["memory_attention"].axis_ranges["num_mem"][2]]
+        ranges = folder.specs["memory_attention"].axis_ranges
+        assert [p["mem_feats"][2][1] for p in ma] == [1, ranges["num_mem"][2]]
+        assert [p["mem_feats"][2][0] for p in ma] == [ranges["objects"][2]] * 2  # objects [N,Nm,...]
     if "preprocess" in folder.runnable_specs:  # a uint8 frame of 16..1920 px per side, FP32 whatever the precision
         frame = next(p["frame"] for p in rec.profiles if "frame" in p)
         assert frame == ((16, 16, 3), (1080, 1920, 3), (1920, 1920, 3))
