@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench.throughput where only the runtime is installed: a fresh venv with the
+# bench.throughput (and bench.objects) where only the runtime is installed: a fresh venv with the
 # project's own dependencies (numpy, opencv-python-headless, onnxruntime; no
 # torch, onnx, sam2, psutil or matplotlib) benchmarks a folder that .venv built.
 # Run by .ci/run after the tests; usage: scripts/runtime_only_check.sh [WORKDIR]
@@ -24,4 +24,7 @@ done
 (cd "$WORK" && "$WORK/venv/bin/python" -m bench.throughput --model-dir "$WORK/tiny-256" --shots 1 \
   --batch 1 --iterations 3 --warmup 1 --peak-size 512 --out "$WORK/report/tiny-256")
 test -s "$WORK/report/tiny-256.md"
-echo "runtime-only bench.throughput: ok ($WORK/report/tiny-256.md)"
+(cd "$WORK" && "$WORK/venv/bin/python" -m bench.objects --fewshot-dir "$WORK/tiny-256" --counts 1,2 \
+  --iterations 1 --out "$WORK/report/objects")
+test -s "$WORK/report/objects.md"
+echo "runtime-only bench.throughput and bench.objects: ok ($WORK/report/tiny-256.md, $WORK/report/objects.md)"

@@ -2,8 +2,9 @@
 
 ``add_reference`` runs the image encoder, the mask decoder (object pointer)
 and the memory encoder once per reference and caches the results;
-``segment`` runs the image encoder once per frame, then memory attention and
-the mask decoder once per concept against the cached memories. Written once
+``segment`` runs the image encoder once per frame, then one memory-attention
+and one mask-decoder call for all concepts together (up to the folder's
+``objects`` maximum per call) against the cached memories. Written once
 against :class:`runtime.core.backends.base.StageRunner`, so it is the same code
 for ONNX Runtime and TensorRT.
 """
@@ -16,12 +17,12 @@ import time
 import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from runtime.core.session import EngineSession, Product, serialized
-from runtime.sam2.memory import pointer_pos_enc, select_memories, select_pointers
+from runtime.sam2.memory import plan_calls, pointer_pos_enc, select_memories, select_pointers
 from runtime.errors import InputError
 from runtime.core.images import image_to_rgb, threshold_logit
 from runtime.sam2.inputs import (
@@ -31,7 +32,7 @@ from runtime.sam2.inputs import (
     scribble_to_points,
 )
 from runtime.sam2.results import ConceptResult, SegmentationResult
-from runtime.sam2.stages import FrameOutput, Sam2Stages
+from runtime.sam2.stages import FrameOutput, Sam2Stages, objects_per_call_for
 
 
 class FewShotSegmenter(Product):
@@ -42,6 +43,14 @@ class FewShotSegmenter(Product):
     >>> res = seg.segment(frame)            # res["dog"].mask, .logits, .iou
 
     ``threshold``: the probability above which a pixel is in the mask.
+    ``objects_per_call``: concepts segmented together in one memory-attention
+    and one decoder call (default: as many as the folder was built for, its
+    ``objects`` axis, on TensorRT and GPU providers; 1, one by one, on ONNX
+    Runtime's CPU provider, where that measured faster). Concepts with the same number of
+    references share calls; ``pad_objects=True`` puts concepts with different
+    numbers into the same call too (the shorter memories padded and the
+    padding masked out, which costs the padded attention work). Every concept
+    gets the mask it would get alone.
 
     Threads: every method may be called from several threads. ``segment``
     calls run concurrently (on ONNX Runtime; TensorRT serialises them); each
@@ -52,20 +61,26 @@ class FewShotSegmenter(Product):
     it inside ``with seg.updating():``.
     """
 
-    def __init__(self, session: EngineSession, threshold: float = 0.5):
+    def __init__(self, session: EngineSession, threshold: float = 0.5,
+                 objects_per_call: Optional[int] = None, pad_objects: bool = False):
         super().__init__(session)
         self.stages = Sam2Stages(session)
         self.size = self.stages.size
         self.threshold = threshold
         self._thr_logit = threshold_logit(threshold)
+        self.objects_per_call = objects_per_call_for(self.stages, objects_per_call)
+        self.pad_objects = bool(pad_objects)
         self._refs: "OrderedDict[str, List[FrameOutput]]" = OrderedDict()
-        self._feeds: Dict[str, Dict[str, Any]] = {}  # per concept, backend-native
-        self._lock = threading.RLock()  # guards _refs and _feeds
+        self._memory: Dict[str, Dict[str, np.ndarray]] = {}  # per concept, host arrays
+        # (concepts in order, [(concepts of one call, its feeds, backend-native)])
+        self._batches: Optional[Tuple[List[str], List[Tuple[List[str], Dict[str, Any]]]]] = None
+        self._lock = threading.RLock()  # guards _refs, _memory and _batches
 
     def _release(self) -> None:
         with self._lock:
             self._refs.clear()
-            self._feeds.clear()
+            self._memory.clear()
+            self._batches = None
 
     @property
     def concepts(self) -> List[str]:
@@ -88,10 +103,11 @@ class FewShotSegmenter(Product):
         with self._lock:
             if concept is None:
                 self._refs.clear()
-                self._feeds.clear()
+                self._memory.clear()
             else:
                 self._refs.pop(concept, None)
-                self._feeds.pop(concept, None)
+                self._memory.pop(concept, None)
+            self._batches = None
 
     # ------------------------------------------------------------- references
     @serialized
@@ -143,7 +159,8 @@ class FewShotSegmenter(Product):
                 enc, ref, binarize=st.cfg["binarize_mask_from_pts_for_mem_enc"])
         with self._lock:
             self._refs.setdefault(concept, []).append(ref)
-            self._feeds.pop(concept, None)
+            self._memory.pop(concept, None)
+            self._batches = None
             k = len(self._refs[concept])
         n_mem = int(st.cfg["num_maskmem"])
         if k == n_mem + 1:
@@ -153,10 +170,10 @@ class FewShotSegmenter(Product):
                 "their object pointer (SANSA behaves the same; docs/inference-contract.md)",
                 UserWarning, stacklevel=2)
 
-    def _concept_feeds(self, concept: str) -> Dict[str, Any]:
-        """Memory-attention inputs for a concept, assembled once and kept backend-native (call under the lock)."""
-        if concept in self._feeds:
-            return self._feeds[concept]
+    def _concept_memory(self, concept: str) -> Dict[str, np.ndarray]:
+        """A concept's memory-attention inputs (host arrays), assembled once (call under the lock)."""
+        if concept in self._memory:
+            return self._memory[concept]
         refs = self._refs[concept]
         k = len(refs)
         cfg, consts = self.stages.cfg, self.stages.consts
@@ -164,20 +181,29 @@ class FewShotSegmenter(Product):
         ptrs = select_pointers(k, cfg["max_obj_ptrs_in_encoder"])
         base_pos = consts["maskmem_pos_enc"][0]
         tpos = consts["maskmem_tpos_enc"]
-        self._feeds[concept] = self.stages.upload_memory({
+        self._memory[concept] = {
             "mem_feats": np.stack([refs[j].maskmem for j, _ in mems]),
             "mem_pos": np.stack([base_pos + tpos[t][:, None, None] for _, t in mems]),
             "obj_ptrs": np.stack([refs[j].obj_ptr for j, _ in ptrs]),
             "obj_ptr_pos": pointer_pos_enc([d for _, d in ptrs], k + 1, cfg, consts),
-        })
-        return self._feeds[concept]
+        }
+        return self._memory[concept]
 
-    def _snapshot(self, what: str = "segment()") -> List:
-        """``[(concept, memory-attention feeds)]`` as they are now (consistent under concurrent edits)."""
+    def _snapshot(self, what: str = "segment()") -> Tuple[List[str], List[Tuple[List[str], Dict[str, Any]]]]:
+        """``(concepts, [(concepts of a call, their batched memory-attention feeds)])`` as they are
+        now, one entry per call (:func:`~runtime.sam2.memory.plan_calls`), uploaded once per
+        change of the references (consistent under concurrent edits)."""
         with self._lock:
             if not self._refs:
                 raise InputError(f"{what} before any reference: call add_reference() first")
-            return [(c, self._concept_feeds(c)) for c in self._refs]
+            if self._batches is None:
+                names = list(self._refs)
+                memories = [self._concept_memory(c) for c in names]
+                calls = plan_calls(memories, self.objects_per_call, self.pad_objects)
+                self._batches = (names, [([names[i] for i in g],
+                                           self.stages.upload_memory([memories[i] for i in g]))
+                                          for g in calls])
+            return self._batches
 
     # ----------------------------------------------------------------- target
     @serialized
@@ -237,19 +263,21 @@ class FewShotSegmenter(Product):
         timings = {**enc_timings, "memory_attention": 0.0, "mask_decoder": 0.0, "postprocess": 0.0}
         results = {}
         st = self.stages
-        for concept, feeds in self._snapshot():
+        names, calls = self._snapshot()
+        for concepts, feeds in calls:
             ta = time.perf_counter()
             cond = st.condition(enc, feeds)
             tb = time.perf_counter()
-            dec = st.decode(cond, enc, *st.no_points, None)
+            dec = st.decode(cond, enc, *st.no_points_for(len(concepts)), None)
             tc = time.perf_counter()
-            low, iou, ptr = st.select_multi(dec)
-            low, _ = st.gate(low, ptr, float(dec["object_score_logits"][0, 0]))
-            logits = logits_to_image(low, rgb.shape[:2])
-            results[concept] = ConceptResult(mask=logits > self._thr_logit, logits=logits, iou=iou)
+            for i, concept in enumerate(concepts):
+                low, iou, ptr = st.select_multi(dec, i)
+                low, _ = st.gate(low, ptr, float(dec["object_score_logits"][i, 0]))
+                logits = logits_to_image(low, rgb.shape[:2])
+                results[concept] = ConceptResult(mask=logits > self._thr_logit, logits=logits, iou=iou)
             td = time.perf_counter()
             timings["memory_attention"] += tb - ta
             timings["mask_decoder"] += tc - tb
             timings["postprocess"] += td - tc
         timings["total"] = time.perf_counter() - t0
-        return SegmentationResult(results, timings)
+        return SegmentationResult({c: results[c] for c in names}, timings)

@@ -8,7 +8,7 @@ reference 0 being the only conditioning frame (docs/inference-contract.md,
 
 from __future__ import annotations
 
-from typing import Container, List, Optional, Sequence, Tuple
+from typing import Container, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -138,3 +138,47 @@ def tracking_window(cfg: dict) -> int:
     """How many previous frames' outputs forward tracking can still look at."""
     stride = cfg["memory_temporal_stride_for_eval"]
     return max(cfg["num_maskmem"] * stride, cfg["max_obj_ptrs_in_encoder"])
+
+
+MEMORY_INPUTS = ("mem_feats", "mem_pos", "obj_ptrs", "obj_ptr_pos")
+
+
+def pack_objects(memories: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """Several objects' memory-attention inputs -> one batched feed of memory attention.
+
+    Each of ``memories`` holds one object's ``mem_feats [Nm_i,64,h,w]``,
+    ``mem_pos [Nm_i,64,h,w]``, ``obj_ptrs [Np_i,256]`` and ``obj_ptr_pos [Np_i,64]``.
+    The result stacks them on a leading objects axis, zero-padded to the
+    largest ``Nm`` / ``Np``, with ``mem_valid [N,Nm]`` / ``ptr_valid [N,Np]``
+    (1 a real entry, 0 padding, which the graph masks out of the attention).
+    """
+    if not memories:
+        raise ValueError("no object to pack")
+    out: Dict[str, np.ndarray] = {}
+    for name, valid, n in (("mem_feats", "mem_valid", "mem_pos"), ("obj_ptrs", "ptr_valid", "obj_ptr_pos")):
+        counts = [len(m[name]) for m in memories]
+        size = max(counts)
+        for key in (name, n):
+            first = np.asarray(memories[0][key])
+            batch = np.zeros((len(memories), size) + first.shape[1:], np.float32)
+            for i, m in enumerate(memories):
+                batch[i, :counts[i]] = m[key]
+            out[key] = batch
+        out[valid] = (np.arange(size)[None, :] < np.asarray(counts)[:, None]).astype(np.float32)
+    return out
+
+
+def plan_calls(memories: Sequence[Mapping[str, np.ndarray]], per_call: int, pad: bool) -> List[List[int]]:
+    """Which objects go together into each memory-attention call, as lists of indices.
+
+    Without ``pad``, objects with the same memory and pointer counts share a
+    call (no padding, so no attention spent on it), in order of first
+    appearance; with ``pad``, all objects share calls whatever their counts
+    (:func:`pack_objects` pads them). Either way at most ``per_call`` objects
+    per call.
+    """
+    groups: Dict[object, List[int]] = {}
+    for i, m in enumerate(memories):
+        key = 0 if pad else (len(m["mem_feats"]), len(m["obj_ptrs"]))
+        groups.setdefault(key, []).append(i)
+    return [g[j:j + per_call] for g in groups.values() for j in range(0, len(g), per_call)]

@@ -9,21 +9,35 @@ prompt scaling, memory encoding, ``_use_mask_as_output``) exist once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from runtime.core.backends.base import StageRunner
 from runtime.core.session import EngineSession
-from runtime.errors import InputError, ModelFolderError, ProfileLimitError
+from runtime.errors import InputError, ModelFolderError, ProfileLimitError, UsageError
 from runtime.core.images import rgb_to_float
 from runtime.core.resize import resize_bilinear, upsample_bilinear
 from runtime.sam2.inputs import image_to_model_input, mask_downsample, preprocess_feeds
+from runtime.sam2.memory import pack_objects
 from runtime.sam2.spec import PREPROCESS, STAGES
 
 NO_OBJ_SCORE = -1024.0  # sam2's logit for "object absent"
 BINARIZED_LOGIT = 1e4  # sigmoid() of +-1e4 is exactly 1 / 0 in float32
 MASK_OUT_SCALE, MASK_OUT_BIAS = 20.0, -10.0  # sam2's _use_mask_as_output
+
+
+def objects_per_call_for(stages: "Sam2Stages", asked: Optional[int]) -> int:
+    """Objects per memory-attention / decoder call: ``asked`` (checked); by default the folder's
+    maximum on accelerators, and 1 on ONNX Runtime's CPU provider, where batched calls measured
+    slower than one by one (bench/reports/batched-objects.md)."""
+    limit = stages.axis_max("objects")
+    if asked is None:
+        return 1 if stages.runners["memory_attention"].computes_on_cpu else limit
+    if isinstance(asked, bool) or not isinstance(asked, int) or not 1 <= asked <= limit:
+        raise UsageError(f"objects_per_call must be an integer from 1 to {limit} (this model folder's "
+                         f"objects axis), got {asked!r}")
+    return asked
 
 
 @dataclass
@@ -54,13 +68,17 @@ class Sam2Stages:
         missing = [s for s in STAGES if s not in session.runners]
         if missing:
             raise ModelFolderError(f"{str(session.folder.path)!r} has no runners for the SAM2 stages {missing}")
+        if "mem_valid" not in session.specs["memory_attention"].input_names:
+            raise ModelFolderError(
+                f"{str(session.folder.path)!r} was built before memory attention took several objects "
+                "per call (its inputs have no objects axis); rebuild it with this version of export.build")
         self.session = session
         self.cfg = session.manifest.model_config
         self.consts = session.constants
         self.size = int(self.cfg["image_size"])
         e4 = self.size // 4
         # Decoder prompt for "no prompt" (one padding point) and "no mask input".
-        self.no_points = (np.zeros((1, 1, 2), np.float32), -np.ones((1, 1), np.float32))
+        self.no_points = self.no_points_for(1)
         self.no_mask = np.zeros((1, 1, e4, e4), np.float32)
 
     @property
@@ -70,6 +88,12 @@ class Sam2Stages:
     def axis_max(self, axis: str) -> int:
         """Largest size of a dynamic axis this model folder was built for."""
         return self.session.axis_max(axis)
+
+    @staticmethod
+    def no_points_for(n: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The decoder prompt "no prompt" (one padding point) for ``n`` objects:
+        ``[n,1,2]`` coordinates, ``[n,1]`` labels."""
+        return np.zeros((n, 1, 2), np.float32), -np.ones((n, 1), np.float32)
 
     # ----------------------------------------------------------------- stages
     def on_backend(self, rgb: np.ndarray) -> bool:
@@ -104,30 +128,39 @@ class Sam2Stages:
 
     def decode(self, image_embed, enc: Mapping[str, Any], coords: np.ndarray,
                labels: np.ndarray, mask_input: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-        """Prompt encoder + mask decoder: every output as a host array (batch 1)."""
+        """Prompt encoder + mask decoder for N objects of one frame (``enc``'s features):
+        ``image_embed [N,256,h,w]``, ``coords [N,P,2]``, ``labels [N,P]``,
+        ``mask_input [N,1,S/4,S/4]`` or None; every output as a host array with N rows."""
+        n = len(coords)
         feeds = {
             "image_embed": image_embed,
             "feat_s1": enc["feat_s1"],
             "feat_s0": enc["feat_s0"],
             "point_coords": coords.astype(np.float32),
             "point_labels": labels.astype(np.float32),
-            "mask_input": mask_input if mask_input is not None else self.no_mask,
+            "mask_input": mask_input if mask_input is not None else np.repeat(self.no_mask, n, axis=0),
             "has_mask_input": np.array([1.0 if mask_input is not None else 0.0], np.float32),
         }
         r = self.runners["mask_decoder"]
         return {k: r.to_host(v) for k, v in r.infer(feeds).items()}
 
     def condition(self, enc: Mapping[str, Any], feeds: Mapping[str, Any]):
-        """Memory attention: the frame's features conditioned on ``feeds``
-        (``mem_feats``, ``mem_pos``, ``obj_ptrs``, ``obj_ptr_pos``); backend-native."""
+        """Memory attention: the frame's features conditioned on each object's memory
+        (``feeds`` from :meth:`upload_memory`): ``[N,256,h,w]``, backend-native."""
         r = self.runners["memory_attention"]
         return r.infer(dict(feeds, vision_feat=enc["vision_feat"]))["conditioned_feat"]
 
-    def upload_memory(self, host: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-        """Memory-attention inputs (host arrays) -> backend-native, checked against the profiles."""
+    def upload_memory(self, memories: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, Any]:
+        """Objects' memory-attention inputs (host arrays, one mapping per object, see
+        :func:`~runtime.sam2.memory.pack_objects`) -> one batched feed, backend-native,
+        checked against the profiles."""
         ranges = self.session.manifest.axis_ranges
+        limit = ranges["objects"][2]
+        if len(memories) > limit:
+            raise ProfileLimitError(f"{len(memories)} objects in one call, but this model folder was built for "
+                                    f"at most {limit} (objects); split them (objects_per_call)")
         for name, axis in (("mem_feats", "num_mem"), ("obj_ptrs", "num_ptr")):
-            n = len(host[name])
+            n = max(len(m[name]) for m in memories)
             lo, _, hi = ranges[axis]
             what = "memories" if axis == "num_mem" else "object pointers"
             if n > hi:
@@ -137,7 +170,7 @@ class Sam2Stages:
             if n < lo:
                 raise ProfileLimitError(f"{n} {what} to attend to, but this model folder needs at least {lo} ({axis})")
         r = self.runners["memory_attention"]
-        return {n: r.upload(np.ascontiguousarray(a, np.float32)) for n, a in host.items()}
+        return {n: r.upload(a) for n, a in pack_objects(memories).items()}
 
     def encode_memory(self, enc: Mapping[str, Any], high_res_logits: np.ndarray,
                       score: float) -> np.ndarray:
@@ -163,10 +196,10 @@ class Sam2Stages:
         return self.encode_memory(enc, high, out.object_score)
 
     # ------------------------------------------------------- host-side logic
-    def select_single(self, dec: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, float, np.ndarray]:
-        """``multimask_output=False``: (low-res logits, iou, obj_ptr) of batch 0, with the
+    def select_single(self, dec: Mapping[str, np.ndarray], obj: int = 0) -> Tuple[np.ndarray, float, np.ndarray]:
+        """``multimask_output=False``: (low-res logits, iou, obj_ptr) of object ``obj``, with the
         decoder's dynamic fallback to the best multimask output when unstable."""
-        masks, ious = dec["masks"][0], dec["iou_pred"][0]
+        masks, ious = dec["masks"][obj], dec["iou_pred"][obj]
         i = 0
         if self.cfg["dynamic_multimask_via_stability"]:
             delta = self.cfg["dynamic_multimask_stability_delta"]
@@ -176,14 +209,14 @@ class Sam2Stages:
             stability = area_i / area_u if area_u > 0 else 1.0
             if stability < self.cfg["dynamic_multimask_stability_thresh"]:
                 i = 1 + int(np.argmax(ious[1:]))
-        return masks[i], float(ious[i]), dec["obj_ptr"][0, 0]
+        return masks[i], float(ious[i]), dec["obj_ptr"][obj, 0]
 
-    def select_multi(self, dec: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, float, np.ndarray]:
-        """``multimask_output=True``: the best of masks 1..3 by predicted IoU."""
-        ious = dec["iou_pred"][0, 1:]
+    def select_multi(self, dec: Mapping[str, np.ndarray], obj: int = 0) -> Tuple[np.ndarray, float, np.ndarray]:
+        """``multimask_output=True``: the best of object ``obj``'s masks 1..3 by predicted IoU."""
+        ious = dec["iou_pred"][obj, 1:]
         i = 1 + int(np.argmax(ious))
         tok = i if self.cfg["use_multimask_token_for_obj_ptr"] else 0
-        return dec["masks"][0, i], float(dec["iou_pred"][0, i]), dec["obj_ptr"][0, tok]
+        return dec["masks"][obj, i], float(dec["iou_pred"][obj, i]), dec["obj_ptr"][obj, tok]
 
     def gate(self, low_res: np.ndarray, obj_ptr: np.ndarray, score: float):
         """Object-score gating of mask and pointer (configs with the score head)."""
@@ -200,12 +233,21 @@ class Sam2Stages:
 
     def heads(self, image_embed, enc: Mapping[str, Any], coords: np.ndarray, labels: np.ndarray,
               mask_input: Optional[np.ndarray], multimask: bool) -> FrameOutput:
-        """sam2's ``_forward_sam_heads``: decode, select, gate."""
+        """sam2's ``_forward_sam_heads`` for one object: decode, select, gate."""
+        return self.heads_all(image_embed, enc, coords, labels, mask_input, multimask)[0]
+
+    def heads_all(self, image_embed, enc: Mapping[str, Any], coords: np.ndarray, labels: np.ndarray,
+                  mask_input: Optional[np.ndarray], multimask: bool) -> List[FrameOutput]:
+        """sam2's ``_forward_sam_heads`` for N objects in one decoder call (see :meth:`decode`)."""
         dec = self.decode(image_embed, enc, coords, labels, mask_input)
-        low, iou, ptr = (self.select_multi if multimask else self.select_single)(dec)
-        score = float(dec["object_score_logits"][0, 0])
-        low, ptr = self.gate(low, ptr, score)
-        return FrameOutput(low.astype(np.float32), ptr.astype(np.float32), score, iou)
+        select = self.select_multi if multimask else self.select_single
+        outs = []
+        for i in range(len(dec["masks"])):
+            low, iou, ptr = select(dec, i)
+            score = float(dec["object_score_logits"][i, 0])
+            low, ptr = self.gate(low, ptr, score)
+            outs.append(FrameOutput(low.astype(np.float32), ptr.astype(np.float32), score, iou))
+        return outs
 
     def mask_as_output(self, enc: Mapping[str, Any], hard: np.ndarray) -> FrameOutput:
         """sam2's ``_use_mask_as_output`` for a 0/1 mask ``[S,S]`` at model size.

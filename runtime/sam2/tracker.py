@@ -17,12 +17,12 @@ from typing import Dict, Hashable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from runtime.sam2.memory import pointer_pos_enc, select_tracking_memory, tracking_window
+from runtime.sam2.memory import plan_calls, pointer_pos_enc, select_tracking_memory, tracking_window
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.errors import InputError, ProfileLimitError
 from runtime.core.images import image_to_rgb, threshold_logit
 from runtime.sam2.inputs import logits_to_image, mask_to_model_size
-from runtime.sam2.stages import FrameOutput, Sam2Stages
+from runtime.sam2.stages import FrameOutput, Sam2Stages, objects_per_call_for
 
 LOGIT_CLAMP = 32.0  # sam2 clamps earlier logits before feeding them back as a mask prompt
 
@@ -81,12 +81,21 @@ class VideoTracker(Product):
     ``binarize_prompt_masks``: prompted frames enter memory as hard masks, as
     sam2's ``build_sam2_video_predictor`` configures (whatever the export's
     config says).
+    ``objects_per_call``: objects tracked together in one memory-attention and
+    one decoder call per frame (default: the folder's ``objects`` maximum on
+    TensorRT and GPU providers; 1, one by one as sam2 does, on ONNX Runtime's
+    CPU provider, where that measured faster). Objects with the same memory and pointer counts
+    share calls; ``pad_objects=True`` puts the others in too (padded, the
+    padding masked out). Each object still attends only to its own memory bank.
     """
 
     def __init__(self, session: EngineSession, threshold: float = 0.5,
-                 binarize_prompt_masks: bool = True):
+                 binarize_prompt_masks: bool = True, objects_per_call: Optional[int] = None,
+                 pad_objects: bool = False):
         super().__init__(session)
         self.stages = Sam2Stages(session)
+        self.objects_per_call = objects_per_call_for(self.stages, objects_per_call)
+        self.pad_objects = bool(pad_objects)
         self.threshold = threshold
         self._thr_logit = threshold_logit(threshold)
         self.binarize_prompt_masks = binarize_prompt_masks
@@ -239,21 +248,36 @@ class VideoTracker(Product):
         rgb = image_to_rgb(image, f"frame {frame_idx}")
         self._start()
         self._check_size(rgb.shape[:2], frame_idx)
-        st = self.stages
-        enc = None
-        objects = {}
-        for obj_id, obj in self._objects.items():
-            if frame_idx in obj.prompted:
-                out = obj.prompted[frame_idx]
-            else:
-                enc = enc if enc is not None else st.encode_image(rgb)
-                out = self._track_object(obj, frame_idx, enc, num_frames)
-            objects[obj_id] = self._object_mask(out)
+        tracked = [(i, o) for i, o in self._objects.items() if frame_idx not in o.prompted]
+        outs = self._track_objects([o for _, o in tracked], frame_idx, rgb, num_frames) if tracked else []
+        outputs = dict(zip([i for i, _ in tracked], outs))
+        objects = {obj_id: self._object_mask(obj.prompted[frame_idx] if obj_id not in outputs else outputs[obj_id])
+                   for obj_id, obj in self._objects.items()}
         return TrackedFrame(frame_idx, objects)
 
-    def _track_object(self, obj: _ObjectState, frame_idx: int, enc, num_frames) -> FrameOutput:
+    def _track_objects(self, objs: List[_ObjectState], frame_idx: int, rgb: np.ndarray,
+                       num_frames: Optional[int]) -> List[FrameOutput]:
+        """One tracking step of ``objs`` on ``rgb``: the image encoder once, memory attention and
+        the decoder once per call of :func:`~runtime.sam2.memory.plan_calls`, the memory
+        encoder once per object."""
         st = self.stages
-        cfg, consts = st.cfg, st.consts
+        memories = [self._object_memory(o, frame_idx, num_frames) for o in objs]
+        enc = st.encode_image(rgb)
+        multimask = self._multimask_when_tracking()
+        outs: List[Optional[FrameOutput]] = [None] * len(objs)
+        for call in plan_calls(memories, self.objects_per_call, self.pad_objects):
+            cond = st.condition(enc, st.upload_memory([memories[i] for i in call]))
+            for i, out in zip(call, st.heads_all(cond, enc, *st.no_points_for(len(call)), None, multimask)):
+                outs[i] = out
+        for obj, out in zip(objs, outs):
+            out.maskmem = round_to_bfloat16(st.memory_from_low_res(enc, out, binarize=False))
+            obj.recent[frame_idx] = out
+            self._forget_old(obj, frame_idx)
+        return outs
+
+    def _object_memory(self, obj: _ObjectState, frame_idx: int, num_frames: Optional[int]) -> Dict[str, np.ndarray]:
+        """What ``obj`` attends to on ``frame_idx`` (host arrays, see :meth:`Sam2Stages.upload_memory`)."""
+        cfg, consts = self.stages.cfg, self.stages.consts
         mems, ptrs = select_tracking_memory(frame_idx, list(obj.prompted), obj.recent, cfg, num_frames)
         base_pos = consts["maskmem_pos_enc"][0]
         tpos = consts["maskmem_tpos_enc"]
@@ -263,19 +287,12 @@ class VideoTracker(Product):
                 f"frame {frame_idx} comes before an object's first prompt (frame "
                 f"{min(obj.prompted)}): sam2 cannot track an object before it is prompted; "
                 "prompt every object on the first frame to track")
-        ptr_list = [obj.output(t).obj_ptr for t, _ in ptrs]
-        host = {
+        return {
             "mem_feats": np.stack([obj.output(t).maskmem for t, _ in mems]),
             "mem_pos": np.stack([base_pos + tpos[i][:, None, None] for _, i in mems]),
-            "obj_ptrs": np.stack(ptr_list),
+            "obj_ptrs": np.stack([obj.output(t).obj_ptr for t, _ in ptrs]),
             "obj_ptr_pos": pointer_pos_enc([d for _, d in ptrs], t_max, cfg, consts).reshape(-1, cfg["mem_dim"]),
         }
-        cond = st.condition(enc, st.upload_memory(host))
-        out = st.heads(cond, enc, *st.no_points, None, multimask=self._multimask_when_tracking())
-        out.maskmem = round_to_bfloat16(st.memory_from_low_res(enc, out, binarize=False))
-        obj.recent[frame_idx] = out
-        self._forget_old(obj, frame_idx)
-        return out
 
     def _multimask_when_tracking(self) -> bool:
         """sam2's ``_use_multimask`` on a tracked frame (no clicks: 0 points)."""

@@ -38,7 +38,9 @@ def test_references_are_encoded_once(seg):
     after = seg.stage_calls
     delta = {k: after[k] - before[k] for k in after}
     # One encoder run per frame, no reference stage re-run, one memory
-    # attention + decoder run per concept per frame.
+    # attention + decoder run per concept per frame (one by one: the default on
+    # ONNX Runtime's CPU provider; batched calls are tests/runtime/test_batched_objects.py).
+    assert seg.objects_per_call == 1
     assert delta == {"image_encoder": n, "memory_encoder": 0,
                      "memory_attention": 2 * n, "mask_decoder": 2 * n}
     assert before["memory_encoder"] == 4

@@ -82,6 +82,11 @@ class StageRunner(abc.ABC):
         finally:
             self.seconds += time.perf_counter() - t
 
+    @property
+    def computes_on_cpu(self) -> bool:
+        """Whether the stage runs on the host's CPU (ONNX Runtime's CPU provider), not an accelerator."""
+        return False
+
     def to_host(self, value: Any) -> np.ndarray:
         """A NumPy copy (or view) of a value this runner accepts or returns."""
         return np.asarray(value)

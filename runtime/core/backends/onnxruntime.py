@@ -115,6 +115,11 @@ class OnnxRuntimeStageRunner(StageRunner):
         self.session = ort.InferenceSession(model, so, providers=providers)
         self._check_graph_io()
 
+    @property
+    def computes_on_cpu(self) -> bool:
+        providers = self.session.get_providers() if self.is_active else (self.providers or default_providers())
+        return list(providers) == ["CPUExecutionProvider"]
+
     def _check_graph_io(self) -> None:
         def io(items):
             return [(i.name, ORT_TYPES.get(i.type, i.type)) for i in items]
