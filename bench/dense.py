@@ -221,16 +221,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = argv
+    from bench.report import write_record
     from runtime.cli.common import run_main
-    from runtime.core.fileio import atomic_path, write_json_atomic
 
     def body():
         rec = run(args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out.with_suffix(".json"), rec)
         md = markdown(rec)
-        with atomic_path(args.out.with_suffix(".md")) as tmp:
-            Path(tmp).write_text(md)
+        write_record(args.out, rec, md)
         print(md)
         print(f"wrote {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
 

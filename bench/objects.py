@@ -216,13 +216,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = argv
 
     def body():
-        from runtime.core.fileio import atomic_path, write_json_atomic
+        from bench.report import write_record
 
         rec = run(args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out.with_suffix(".json"), rec)
-        with atomic_path(args.out.with_suffix(".md")) as tmp:
-            Path(tmp).write_text(markdown(rec))
+        write_record(args.out, rec, markdown(rec))
         print(markdown(rec))
 
     return run_main(body, debug=False)

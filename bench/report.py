@@ -196,5 +196,13 @@ def write_report(rec: Dict, out: Path) -> Dict[str, Path]:
     return paths
 
 
+def write_record(out: Path, rec: Dict, md: str) -> None:
+    """``out.json`` (the record) and ``out.md`` (its summary ``md``), each written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out.with_suffix(".json"), rec)
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(md)
+
+
 def load(path: Path) -> Dict:
     return json.loads(Path(path).read_text())
