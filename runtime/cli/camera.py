@@ -46,7 +46,7 @@ from runtime.camera.loop import CameraLoop, Display, LoopOptions, VideoSink
 from runtime.camera.prompts import parse_prompts
 from runtime.camera.sources import RetryPolicy, make_source
 from runtime.camera.steps import InferenceStep, SegmenterStep, TrackingStep
-from runtime.cli.common import HelpFormatter, add_debug, run_main
+from runtime.cli.common import HelpFormatter, add_debug, add_objects_options, run_main
 from runtime.cli.references import add_reference_options, any_given, apply_references, collect
 from runtime.core.backends import BACKENDS, CPU_INT8_HELP, CPU_INT8_MODES, PREPROCESS_HELP, PREPROCESS_MODES
 from runtime.errors import InputError, Sam2EdgeError
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-int8", choices=CPU_INT8_MODES, default="auto",
                    help=CPU_INT8_HELP)
     p.add_argument("--preprocess", choices=PREPROCESS_MODES, default="auto", help=PREPROCESS_HELP)
+    add_objects_options(p, "concepts (--track: objects)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N captured frames")
     p.add_argument("--queue-size", type=int, default=2, help="frames per queue between stages (default 2)")
     p.add_argument("--fps", type=float, default=0.0, help="output video FPS (default: the source's, else 30)")
@@ -162,12 +163,14 @@ def _load_step(args, refs, objects) -> InferenceStep:
         from runtime.sam2.tracker import VideoTracker
 
         trk = VideoTracker.load(args.model_dir, backend=args.backend, threads=args.threads,
-                                cpu_int8=args.cpu_int8, threshold=args.threshold, preprocess=args.preprocess)
+                                cpu_int8=args.cpu_int8, threshold=args.threshold, preprocess=args.preprocess,
+                                objects_per_call=args.objects_per_call, pad_objects=args.pad_objects)
         return TrackingStep(trk, objects)
     from runtime.sam2.fewshot import FewShotSegmenter
 
     seg = FewShotSegmenter.load(args.model_dir, backend=args.backend, threshold=args.threshold,
-                                threads=args.threads, cpu_int8=args.cpu_int8, preprocess=args.preprocess)
+                                threads=args.threads, cpu_int8=args.cpu_int8, preprocess=args.preprocess,
+                                objects_per_call=args.objects_per_call, pad_objects=args.pad_objects)
 
     def reset(s):
         try:

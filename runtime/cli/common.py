@@ -37,6 +37,16 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
 
 
+def add_objects_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--objects-per-call`` and ``--pad-objects``: how ``what`` (concepts / objects) share calls."""
+    parser.add_argument("--objects-per-call", type=int, default=None, metavar="N",
+                        help=f"{what} per memory-attention and decoder call, 1 .. the folder's --max-objects "
+                             "(default: that maximum on TensorRT and GPU providers, 1 on ONNX Runtime's CPU "
+                             "provider, where batched calls measured slower)")
+    parser.add_argument("--pad-objects", action="store_true",
+                        help=f"also join {what} with different memory counts in one call (padded; same masks)")
+
+
 def _on_sigterm(signum, frame):
     raise Terminated()
 

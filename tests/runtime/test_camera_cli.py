@@ -140,12 +140,14 @@ def test_missing_engines_and_bad_args(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- headless run
-def test_headless_video_run(tiny_engines, tmp_path, capsys):
+@pytest.mark.parametrize("extra", [[], ["--objects-per-call", "2", "--pad-objects"]])
+def test_headless_video_run(tiny_engines, tmp_path, capsys, extra):
     n = 4
     make_pair(tmp_path / "refs" / "square", "a")
     video = write_video(tmp_path / "in.mp4", n)
     rc, out, err = run_main(capsys, "--model-dir", tiny_engines, "--refs", tmp_path / "refs",
-                            "--source", video, "--output", tmp_path / "out.mp4", "--backend", "onnxruntime")
+                            "--source", video, "--output", tmp_path / "out.mp4", "--backend", "onnxruntime",
+                            *extra)
     print(out)
     assert rc == 0, err
     assert f"frames in {n}, out {n}, dropped 0, reconnects 0" in out

@@ -55,3 +55,25 @@ def test_segment_cli_scribble_reference(tiny_engines, tmp_path, capsys):
 def test_segment_cli_needs_a_reference(tiny_engines, tmp_path, capsys):
     rc = main(["--model-dir", str(tiny_engines), "--target", f"{tmp_path}/t.png", "--out", str(tmp_path / "o")])
     assert rc == 2 and "no reference" in capsys.readouterr().err
+
+
+def test_segment_cli_batches_concepts_on_request(tiny_engines, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(tmp_path / "ref.png"), rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    mask = np.zeros((120, 160), np.uint8)
+    mask[20:70, 30:90] = 255
+    cv2.imwrite(str(tmp_path / "ref_mask.png"), mask)
+    cv2.imwrite(str(tmp_path / "t.png"), rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    ref = f"{tmp_path}/ref.png:{tmp_path}/ref_mask.png"
+    masks = {}
+    for name, extra in (("one", []), ("batched", ["--objects-per-call", "2", "--pad-objects"])):
+        out = tmp_path / name
+        assert main(["--model-dir", str(tiny_engines), "--ref", f"a={ref}", "--ref", f"b={ref}",
+                     "--target", str(tmp_path / "t.png"), "--out", str(out), "--backend", "onnxruntime",
+                     *extra]) == 0
+        masks[name] = [cv2.imread(str(out / f"t_{c}_mask.png"), cv2.IMREAD_GRAYSCALE) for c in "ab"]
+    for a, b in zip(masks["one"], masks["batched"]):
+        np.testing.assert_array_equal(a, b)
+    rc = main(["--model-dir", str(tiny_engines), "--ref", ref, "--target", str(tmp_path / "t.png"),
+               "--out", str(tmp_path / "bad"), "--objects-per-call", "0"])
+    assert rc == 2 and "objects_per_call must be an integer from 1 to 8" in capsys.readouterr().err
