@@ -221,17 +221,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = argv
-    from bench.report import write_record
-    from runtime.cli.common import run_main
+    from bench.report import run_report
 
-    def body():
-        rec = run(args)
-        md = markdown(rec)
-        write_record(args.out, rec, md)
-        print(md)
-        print(f"wrote {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
-
-    return run_main(body, debug=args.debug)
+    return run_report(args, run, markdown, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ def markdown(rec: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from runtime.cli.common import run_main
+    from bench.report import run_report
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -232,15 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(memory_child(args.model_dir, args.memory_child, args.refs, args.iterations,
                                       args.threads)))
         return 0
-
-    def body():
-        from bench.report import write_record
-
-        rec = run(args)
-        write_record(args.out, rec, markdown(rec))
-        print(markdown(rec))
-
-    return run_main(body, debug=False)
+    return run_report(args, run, markdown)
 
 
 if __name__ == "__main__":

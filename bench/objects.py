@@ -209,20 +209,12 @@ def markdown(rec: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from runtime.cli.common import run_main
+    from bench.report import run_report
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = argv
-
-    def body():
-        from bench.report import write_record
-
-        rec = run(args)
-        write_record(args.out, rec, markdown(rec))
-        print(markdown(rec))
-
-    return run_main(body, debug=False)
+    return run_report(args, run, markdown)
 
 
 if __name__ == "__main__":

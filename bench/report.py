@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 from runtime.core.fileio import atomic_path, write_json_atomic
 
@@ -196,12 +196,23 @@ def write_report(rec: Dict, out: Path) -> Dict[str, Path]:
     return paths
 
 
-def write_record(out: Path, rec: Dict, md: str) -> None:
-    """``out.json`` (the record) and ``out.md`` (its summary ``md``), each written atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out.with_suffix(".json"), rec)
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(md)
+def run_report(args, run: Callable[[object], Dict], markdown: Callable[[Dict], str], debug: bool = False) -> int:
+    """A benchmark's main: ``rec = run(args)``, then ``args.out`` + ``.json`` (the record) and
+    ``.md`` (``markdown(rec)``), each written atomically, and the summary printed; errors
+    reported as the CLIs do (:func:`runtime.cli.common.run_main`)."""
+    from runtime.cli.common import run_main
+
+    def body():
+        rec = run(args)
+        md = markdown(rec)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out.with_suffix(".json"), rec)
+        with atomic_path(args.out.with_suffix(".md")) as tmp:
+            Path(tmp).write_text(md)
+        print(md)
+        print(f"wrote {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+
+    return run_main(body, debug=debug)
 
 
 def load(path: Path) -> Dict:

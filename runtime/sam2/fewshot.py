@@ -2,9 +2,9 @@
 
 ``add_reference`` runs the image encoder, the mask decoder (object pointer)
 and the memory encoder once per reference and caches the results;
-``segment`` runs the image encoder once per frame, then one memory-attention
-and one mask-decoder call for all concepts together (up to the folder's
-``objects`` maximum per call) against the cached memories. Written once
+``segment`` runs the image encoder once per frame, then memory attention and
+the mask decoder against the cached memories, per concept or for several
+concepts in one call (``objects_per_call``). Written once
 against :class:`runtime.core.backends.base.StageRunner`, so it is the same code
 for ONNX Runtime and TensorRT.
 """
@@ -71,15 +71,13 @@ class FewShotSegmenter(Product):
         self.objects_per_call = objects_per_call_for(self.stages, objects_per_call)
         self.pad_objects = bool(pad_objects)
         self._refs: "OrderedDict[str, List[FrameOutput]]" = OrderedDict()
-        self._memory: Dict[str, Dict[str, np.ndarray]] = {}  # per concept, host arrays
-        # (concepts in order, [(concepts of one call, its feeds, backend-native)])
+        # (concepts in order, [(concepts of one call, its feeds, backend-native)]); None after a change
         self._batches: Optional[Tuple[List[str], List[Tuple[List[str], Dict[str, Any]]]]] = None
-        self._lock = threading.RLock()  # guards _refs, _memory and _batches
+        self._lock = threading.RLock()  # guards _refs and _batches
 
     def _release(self) -> None:
         with self._lock:
             self._refs.clear()
-            self._memory.clear()
             self._batches = None
 
     @property
@@ -103,10 +101,8 @@ class FewShotSegmenter(Product):
         with self._lock:
             if concept is None:
                 self._refs.clear()
-                self._memory.clear()
             else:
                 self._refs.pop(concept, None)
-                self._memory.pop(concept, None)
             self._batches = None
 
     # ------------------------------------------------------------- references
@@ -159,7 +155,6 @@ class FewShotSegmenter(Product):
                 enc, ref, binarize=st.cfg["binarize_mask_from_pts_for_mem_enc"])
         with self._lock:
             self._refs.setdefault(concept, []).append(ref)
-            self._memory.pop(concept, None)
             self._batches = None
             k = len(self._refs[concept])
         n_mem = int(st.cfg["num_maskmem"])
@@ -170,10 +165,9 @@ class FewShotSegmenter(Product):
                 "their object pointer (SANSA behaves the same; docs/inference-contract.md)",
                 UserWarning, stacklevel=2)
 
-    def _concept_memory(self, concept: str) -> Dict[str, np.ndarray]:
-        """A concept's memory-attention inputs (host arrays), assembled once (call under the lock)."""
-        if concept in self._memory:
-            return self._memory[concept]
+    def _concept_memory(self, concept: str) -> Dict[str, list]:
+        """A concept's memory-attention entries (host arrays, see :func:`~runtime.sam2.memory.pack_objects`;
+        call under the lock)."""
         refs = self._refs[concept]
         k = len(refs)
         cfg, consts = self.stages.cfg, self.stages.consts
@@ -181,13 +175,12 @@ class FewShotSegmenter(Product):
         ptrs = select_pointers(k, cfg["max_obj_ptrs_in_encoder"])
         base_pos = consts["maskmem_pos_enc"][0]
         tpos = consts["maskmem_tpos_enc"]
-        self._memory[concept] = {
-            "mem_feats": np.stack([refs[j].maskmem for j, _ in mems]),
-            "mem_pos": np.stack([base_pos + tpos[t][:, None, None] for _, t in mems]),
-            "obj_ptrs": np.stack([refs[j].obj_ptr for j, _ in ptrs]),
+        return {
+            "mem_feats": [refs[j].maskmem for j, _ in mems],
+            "mem_pos": [base_pos + tpos[t][:, None, None] for _, t in mems],
+            "obj_ptrs": [refs[j].obj_ptr for j, _ in ptrs],
             "obj_ptr_pos": pointer_pos_enc([d for _, d in ptrs], k + 1, cfg, consts),
         }
-        return self._memory[concept]
 
     def _snapshot(self, what: str = "segment()") -> Tuple[List[str], List[Tuple[List[str], Dict[str, Any]]]]:
         """``(concepts, [(concepts of a call, their batched memory-attention feeds)])`` as they are

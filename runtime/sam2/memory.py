@@ -140,29 +140,29 @@ def tracking_window(cfg: dict) -> int:
     return max(cfg["num_maskmem"] * stride, cfg["max_obj_ptrs_in_encoder"])
 
 
-MEMORY_INPUTS = ("mem_feats", "mem_pos", "obj_ptrs", "obj_ptr_pos")
-
-
 def pack_objects(memories: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     """Several objects' memory-attention inputs -> one batched feed of memory attention.
 
-    Each of ``memories`` holds one object's ``mem_feats [Nm_i,64,h,w]``,
-    ``mem_pos [Nm_i,64,h,w]``, ``obj_ptrs [Np_i,256]`` and ``obj_ptr_pos [Np_i,64]``.
-    The result stacks them on a leading objects axis, zero-padded to the
-    largest ``Nm`` / ``Np``, with ``mem_valid [N,Nm]`` / ``ptr_valid [N,Np]``
-    (1 a real entry, 0 padding, which the graph masks out of the attention).
+    Each of ``memories`` holds one object's entries, as arrays or sequences of
+    per-entry arrays: ``mem_feats [Nm_i][64,h,w]``, ``mem_pos [Nm_i][64,h,w]``,
+    ``obj_ptrs [Np_i][256]`` and ``obj_ptr_pos [Np_i][64]``. Each entry is
+    copied once, into its slot of a leading objects axis zero-padded to the
+    largest ``Nm`` / ``Np``; ``mem_valid [N,Nm]`` / ``ptr_valid [N,Np]`` mark
+    the real entries (1) and the padding (0, which the graph masks out of the
+    attention).
     """
     if not memories:
         raise ValueError("no object to pack")
     out: Dict[str, np.ndarray] = {}
-    for name, valid, n in (("mem_feats", "mem_valid", "mem_pos"), ("obj_ptrs", "ptr_valid", "obj_ptr_pos")):
+    for name, pos, valid in (("mem_feats", "mem_pos", "mem_valid"), ("obj_ptrs", "obj_ptr_pos", "ptr_valid")):
         counts = [len(m[name]) for m in memories]
         size = max(counts)
-        for key in (name, n):
-            first = np.asarray(memories[0][key])
-            batch = np.zeros((len(memories), size) + first.shape[1:], np.float32)
+        for key in (name, pos):
+            entry = np.shape(memories[0][key][0])
+            batch = np.zeros((len(memories), size) + entry, np.float32)
             for i, m in enumerate(memories):
-                batch[i, :counts[i]] = m[key]
+                for j, a in enumerate(m[key]):
+                    batch[i, j] = a
             out[key] = batch
         out[valid] = (np.arange(size)[None, :] < np.asarray(counts)[:, None]).astype(np.float32)
     return out

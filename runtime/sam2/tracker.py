@@ -248,12 +248,12 @@ class VideoTracker(Product):
         rgb = image_to_rgb(image, f"frame {frame_idx}")
         self._start()
         self._check_size(rgb.shape[:2], frame_idx)
-        tracked = [(i, o) for i, o in self._objects.items() if frame_idx not in o.prompted]
-        outs = self._track_objects([o for _, o in tracked], frame_idx, rgb, num_frames) if tracked else []
-        outputs = dict(zip([i for i, _ in tracked], outs))
-        objects = {obj_id: self._object_mask(obj.prompted[frame_idx] if obj_id not in outputs else outputs[obj_id])
-                   for obj_id, obj in self._objects.items()}
-        return TrackedFrame(frame_idx, objects)
+        tracked = {i: o for i, o in self._objects.items() if frame_idx not in o.prompted}
+        outs = {}
+        if tracked:  # else every object is prompted on this frame: no encoder run
+            outs = dict(zip(tracked, self._track_objects(list(tracked.values()), frame_idx, rgb, num_frames)))
+        return TrackedFrame(frame_idx, {i: self._object_mask(outs[i] if i in outs else o.prompted[frame_idx])
+                                        for i, o in self._objects.items()})
 
     def _track_objects(self, objs: List[_ObjectState], frame_idx: int, rgb: np.ndarray,
                        num_frames: Optional[int]) -> List[FrameOutput]:
@@ -275,8 +275,8 @@ class VideoTracker(Product):
             self._forget_old(obj, frame_idx)
         return outs
 
-    def _object_memory(self, obj: _ObjectState, frame_idx: int, num_frames: Optional[int]) -> Dict[str, np.ndarray]:
-        """What ``obj`` attends to on ``frame_idx`` (host arrays, see :meth:`Sam2Stages.upload_memory`)."""
+    def _object_memory(self, obj: _ObjectState, frame_idx: int, num_frames: Optional[int]) -> Dict[str, list]:
+        """What ``obj`` attends to on ``frame_idx`` (host arrays, see :func:`~runtime.sam2.memory.pack_objects`)."""
         cfg, consts = self.stages.cfg, self.stages.consts
         mems, ptrs = select_tracking_memory(frame_idx, list(obj.prompted), obj.recent, cfg, num_frames)
         base_pos = consts["maskmem_pos_enc"][0]
@@ -288,9 +288,9 @@ class VideoTracker(Product):
                 f"{min(obj.prompted)}): sam2 cannot track an object before it is prompted; "
                 "prompt every object on the first frame to track")
         return {
-            "mem_feats": np.stack([obj.output(t).maskmem for t, _ in mems]),
-            "mem_pos": np.stack([base_pos + tpos[i][:, None, None] for _, i in mems]),
-            "obj_ptrs": np.stack([obj.output(t).obj_ptr for t, _ in ptrs]),
+            "mem_feats": [obj.output(t).maskmem for t, _ in mems],
+            "mem_pos": [base_pos + tpos[i][:, None, None] for _, i in mems],
+            "obj_ptrs": [obj.output(t).obj_ptr for t, _ in ptrs],
             "obj_ptr_pos": pointer_pos_enc([d for _, d in ptrs], t_max, cfg, consts).reshape(-1, cfg["mem_dim"]),
         }
 

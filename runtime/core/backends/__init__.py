@@ -84,9 +84,9 @@ def onnx_variants(folder: ModelFolder, stages: Sequence[str], backend: str, cpu_
                 "cpu_int8='on' but this model folder has no dynamic-INT8 ONNX files: build it "
                 "with `python -m export.build ... --cpu-int8-stages image_encoder,memory_attention`, "
                 "or run FP32 (cpu_int8='off')")
-    from runtime.core.backends.onnxruntime import default_providers
+    from runtime.core.backends.onnxruntime import cpu_provider_only
 
-    cpu_only = list(providers or default_providers()) == ["CPUExecutionProvider"]
+    cpu_only = cpu_provider_only(providers)
     use = cpu_int8 == "on" or (cpu_int8 == "auto" and backend == "onnxruntime" and bool(has) and cpu_only)
     if use:
         has = _drop_saturating(folder, has, strict=cpu_int8 == "on")
@@ -143,9 +143,9 @@ def edge_stages_to_run(folder: ModelFolder, backend: str, providers=None, mode: 
                 f" ({why or 'not built'}); use preprocess='host' (or 'auto')")
         return usable
     if backend == "onnxruntime":
-        from runtime.core.backends.onnxruntime import default_providers
+        from runtime.core.backends.onnxruntime import cpu_provider_only
 
-        if list(providers or default_providers()) == ["CPUExecutionProvider"]:
+        if cpu_provider_only(providers):
             return {}
     return usable
 

@@ -43,6 +43,11 @@ def default_providers(exclude_tensorrt: bool = True) -> list:
     return chosen or ["CPUExecutionProvider"]
 
 
+def cpu_provider_only(providers=None) -> bool:
+    """Whether ``providers`` (default: :func:`default_providers`) run everything on the host's CPU."""
+    return list(providers or default_providers()) == ["CPUExecutionProvider"]
+
+
 MEMORY_MODES = ("arena", "shared", "off")
 _shared_arena = threading.Lock()
 _shared_arena_registered = False
@@ -117,8 +122,7 @@ class OnnxRuntimeStageRunner(StageRunner):
 
     @property
     def computes_on_cpu(self) -> bool:
-        providers = self.session.get_providers() if self.is_active else (self.providers or default_providers())
-        return list(providers) == ["CPUExecutionProvider"]
+        return cpu_provider_only(self.session.get_providers() if self.is_active else self.providers)
 
     def _check_graph_io(self) -> None:
         def io(items):
