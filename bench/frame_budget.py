@@ -7,12 +7,15 @@ one run:
 - **host work per frame**: ``FewShotSegmenter.segment`` wall time minus the
   time inside the backend's run calls (``EngineSession.engine_seconds``), at each
   ``--sizes`` frame size, 1 concept; median / p90, with its pre-processing and
-  post-processing parts, for frames resized on the host (``preprocess="host"``)
-  and in the folder's preprocess graph on the backend (``"backend"``; the
-  graph's own time on the backend is reported with it). ``before``: host
-  resize and the mask logits upsampled by the NumPy tap loop
-  (:func:`runtime.core.resize.resize_bilinear`, the path before
-  :func:`~runtime.core.resize.upsample_bilinear`), in the same run;
+  post-processing parts, for three placements of the edge graphs
+  (:data:`VARIANTS`): both on the host (``preprocess="host"``,
+  ``postprocess="host"``), the preprocess graph on the backend and the logits
+  upsampled on the host (``pre``), both graphs on the backend (``backend``;
+  the graphs' own time on the backend is reported with it, masks only asked
+  for, as the camera loop does). ``before``: host resize and the mask logits
+  upsampled by the NumPy tap loop (:func:`runtime.core.resize.resize_bilinear`,
+  the path before :func:`~runtime.core.resize.upsample_bilinear`), in the
+  same run;
 - **overlay**: :func:`runtime.camera.overlay.draw_masks` on noisy and smooth
   masks at each size, against the previous drawing (boolean-indexed blend +
   ``findContours``/``drawContours``, reproduced here as the baseline);
@@ -37,8 +40,13 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from bench.throughput import BenchError, _machine, _versions, frame_sizes, summarize
+from runtime.sam2.spec import EDGE_STAGES
 
 MEMORY_MODES = ("arena", "shared", "off")
+# Where the edge graphs run, per variant (FewShotSegmenter.load options).
+VARIANTS = {"host": {"preprocess": "host", "postprocess": "host"},
+            "pre": {"preprocess": "backend", "postprocess": "host"},
+            "backend": {"preprocess": "backend", "postprocess": "backend", "return_logits": False}}
 
 
 def parse_args(argv=None):
@@ -70,17 +78,17 @@ def scene(hw, seed: int = 0):
 def host_work(seg, frame, iterations: int) -> Dict[str, dict]:
     """Per frame: wall, engine and host seconds of ``segment``, and its pre/post-processing timings."""
     seg.segment(frame)  # warm-up
-    graph = seg.session.runners.get("preprocess")
+    graphs = [r for name, r in seg.session.runners.items() if name in EDGE_STAGES]
     rows: Dict[str, List[float]] = {"wall": [], "engine": [], "host": [], "preprocess": [], "postprocess": [],
                                     "graph": []}
     for _ in range(iterations):
-        e0, g0, t = seg.session.engine_seconds, graph.seconds if graph else 0.0, time.perf_counter()
+        e0, g0, t = seg.session.engine_seconds, sum(g.seconds for g in graphs), time.perf_counter()
         res = seg.segment(frame)
         wall, eng = time.perf_counter() - t, seg.session.engine_seconds - e0
         rows["wall"].append(wall)
         rows["engine"].append(eng)
         rows["host"].append(wall - eng)
-        rows["graph"].append(graph.seconds - g0 if graph else 0.0)
+        rows["graph"].append(sum(g.seconds for g in graphs) - g0)
         rows["preprocess"].append(res.timings["preprocess"])
         rows["postprocess"].append(res.timings["postprocess"])
     return {k: summarize(v) for k, v in rows.items()}
@@ -141,7 +149,7 @@ def memory_child(folder: Path, mode: str, refs: int, iterations: int, threads: i
 
 
 def run(args) -> dict:
-    from runtime.sam2 import fewshot
+    from runtime.sam2 import stages
     from runtime.core.resize import resize_bilinear
     from runtime.sam2.fewshot import FewShotSegmenter
 
@@ -151,26 +159,26 @@ def run(args) -> dict:
     if bad or args.iterations < 1 or args.refs < 1:
         raise BenchError(f"--memory takes {', '.join(MEMORY_MODES)}; --iterations and --refs must be >= 1")
     segs = {}
-    for mode in ("host", "backend"):
-        segs[mode] = FewShotSegmenter.load(args.model_dir, backend="onnxruntime", threads=args.threads,
-                                           preprocess=mode)
-        img, mask, _ = scene((segs[mode].size, segs[mode].size), seed=1)
-        segs[mode].add_reference(img, mask, concept="thing")
+    for name, options in VARIANTS.items():
+        segs[name] = FewShotSegmenter.load(args.model_dir, backend="onnxruntime", threads=args.threads, **options)
+        img, mask, _ = scene((segs[name].size, segs[name].size), seed=1)
+        segs[name].add_reference(img, mask, concept="thing")
     seg = segs["host"]
     host = {}
-    upsample = fewshot.logits_to_image
+    upsample = stages.logits_to_image
     for hw in sizes:
         frame = scene(hw)[0]
         key = f"{hw[1]}x{hw[0]}"
-        host[key] = {mode: host_work(s, frame, args.iterations) for mode, s in segs.items()}
-        fewshot.logits_to_image = lambda low, shape: resize_bilinear(low, shape, antialias=False)
+        host[key] = {name: host_work(s, frame, args.iterations) for name, s in segs.items()}
+        stages.logits_to_image = lambda low, shape: resize_bilinear(low, shape, antialias=False)
         try:
             host[key]["before"] = host_work(seg, frame, args.iterations)
         finally:
-            fewshot.logits_to_image = upsample
-        print(f"[host] {key}: {host[key]['backend']['host']['median'] * 1e3:.1f} ms with the graph on the "
-              f"backend, {host[key]['host']['host']['median'] * 1e3:.1f} ms resizing on the host "
-              f"(before {host[key]['before']['host']['median'] * 1e3:.1f} ms)", flush=True)
+            stages.logits_to_image = upsample
+        ms = {k: v["host"]["median"] * 1e3 for k, v in host[key].items()}
+        print(f"[host] {key}: {ms['backend']:.1f} ms with both edge graphs on the backend, {ms['pre']:.1f} ms "
+              f"with the preprocess graph only, {ms['host']:.1f} ms all on the host (before {ms['before']:.1f} ms)",
+              flush=True)
     for s in segs.values():
         s.close()
     overlay = {f"{hw[1]}x{hw[0]}": overlay_times(hw, max(args.iterations, 10)) for hw in sizes}
@@ -199,16 +207,19 @@ def markdown(rec: dict) -> str:
              f"{rec['machine']['cpu']}, {rec['machine']['cores']} cores; onnxruntime "
              f"{rec['versions'].get('onnxruntime')}. Milliseconds, median / p90.", "",
              "## Host work per frame (segment wall minus time in the backend's run calls; 1 concept)", "",
-             "Frames become the model input in the preprocess graph on the backend (`preprocess=\"backend\"`: "
-             "the graph's own time is in the engines' column) or on the host (`\"host\"`). Before: host "
-             "resize and the NumPy tap loop for the logits.", "",
-             "| frame | host work, graph on the backend | the graph on the backend | host work, host resize "
-             "| of it pre-processing | post-processing | engines (host resize) | host work before |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "Edge graphs on the backend: frames become the model input in the preprocess graph and the "
+             "logits frame-size masks in the postprocess graph (masks only; the graphs' own time is in the "
+             "engines' time, shown apart). Preprocess graph only: the logits upsampled on the host (OpenCV). "
+             "All on the host: NumPy resize, OpenCV upsample. Before: host resize and the NumPy tap loop "
+             "for the logits.", "",
+             "| frame | host work, edge graphs on the backend | the graphs on the backend | host work, "
+             "preprocess graph only | host work, all on the host | of it pre-processing | of it "
+             "post-processing | engines (all on the host) | host work before |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k, v in rec["host"].items():
-        g, a, b = v["backend"], v["host"], v["before"]
-        lines.append(f"| {k} | {_ms(g['host'])} | {_ms(g['graph'])} | {_ms(a['host'])} | {_ms(a['preprocess'])} | "
-                     f"{_ms(a['postprocess'])} | {_ms(a['engine'])} | {_ms(b['host'])} |")
+        g, p, a, b = v["backend"], v["pre"], v["host"], v["before"]
+        lines.append(f"| {k} | {_ms(g['host'])} | {_ms(g['graph'])} | {_ms(p['host'])} | {_ms(a['host'])} | "
+                     f"{_ms(a['preprocess'])} | {_ms(a['postprocess'])} | {_ms(a['engine'])} | {_ms(b['host'])} |")
     lines += ["", "## Overlay (draw_masks, one concept)", "",
               "| frame | smooth before | smooth after | noisy before | noisy after |", "|---|---:|---:|---:|---:|"]
     for k, v in rec["overlay"].items():

@@ -45,7 +45,8 @@ def markdown(rec: Dict) -> str:
              f"Settings: backend={s['backend']}, threads={s['threads']}, shots={s['shots']}, "
              f"batch={s['batch']}, warm-up {s['warmup']}, {s['iterations']} iterations"
              f"{_rounds(s)}"
-             + (f", target frames {s['frame'][0]}x{s['frame'][1]}, preprocess={s['preprocess']}"
+             + (f", target frames {s['frame'][0]}x{s['frame'][1]}, preprocess={s['preprocess']}, "
+                f"postprocess={s.get('postprocess', 'host')}"
                 if s.get("frame") else "")
              + ". "
              f"Peak (fp32 matmul {rec['peak']['cpu']['n']}^3, same run): "
@@ -89,11 +90,13 @@ def markdown(rec: Dict) -> str:
     hw = [(v, p) for v in rec["variants"] for p in v.get("pipeline", []) if "host" in p.get("frame_stages", {})]
     if hw:
         lines += ["", "## Host work per frame (wall time outside the backends' run calls)", "",
-                  "| variant | shots | frames become the model input on | host ms (median / p90) | "
-                  "pre-processing (incl. its graph) | post-processing |", "|---|---:|---|---|---:|---:|"]
+                  "| variant | shots | pre- / post-processing on | host ms (median / p90) | "
+                  "pre-processing (incl. its graph) | post-processing (incl. its graph) |",
+                  "|---|---:|---|---|---:|---:|"]
         for v, p in hw:
             fs = p["frame_stages"]
-            lines.append(f"| {v['label']} | {p['shots']} | {v.get('preprocess', 'host')} | "
+            lines.append(f"| {v['label']} | {p['shots']} | {v.get('preprocess', 'host')} / "
+                         f"{v.get('postprocess', 'host')} | "
                          f"{_ms(fs['host']['median'])} / {_ms(fs['host']['p90'])} | "
                          f"{_ms(fs['preprocess']['median'])} | {_ms(fs['postprocess']['median'])} |")
     pr = [(v["label"], name, r) for v in rec["variants"] for name, r in v.get("products", {}).items()]

@@ -13,8 +13,8 @@ are compared) and every ``--shots`` k, on the same synthetic images:
   reference encoding (``add_reference``), frames/s and references/s; and the
   host work per frame (wall time outside the backends' run calls, median /
   p90; ``bench.frame_budget`` splits it by frame size); targets are
-  ``--frame WxH`` frames (default: the model size), pre-processed where
-  ``--preprocess`` says (:meth:`runtime.EngineSession.open`);
+  ``--frame WxH`` frames (default: the model size), pre- and post-processed
+  where ``--preprocess`` / ``--postprocess`` say (:meth:`runtime.EngineSession.open`);
 - **products** (stock SAM2 folders): host work per call of
   ``ImagePredictor`` (``set_image`` + one click) and ``VideoTracker``
   (``track_frame``, one object prompted with a box), on the same frames;
@@ -59,8 +59,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from bench.cases import case_key, clamp_axes, sam2_cases
-from runtime.core.backends import PREPROCESS_MODES
+from runtime.cli.common import add_edge_options
 from runtime.errors import UsageError
+from runtime.sam2.spec import EDGE_STAGES
 
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
 CPU_INT8_CHOICES = ("auto", "on", "off", "both")
@@ -111,9 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "only (off), or time both as separate variants (both)")
     p.add_argument("--frame", default=None, metavar="WxH",
                    help="target frame size (default: the model's image size); references stay at it")
-    p.add_argument("--preprocess", default="auto", choices=PREPROCESS_MODES,
-                   help="where frames become the model input: the folder's preprocess graph on the "
-                        "backend, the host's resize, or auto (the graph on TensorRT and GPU providers)")
+    add_edge_options(p)
     p.add_argument("--compare-pytorch", action="store_true", help="time the PyTorch reference too")
     p.add_argument("--peak-size", type=int, default=4096, help="matrix side of the peak matmul")
     p.add_argument("--out", type=Path, required=True, help="output path without suffix")
@@ -235,14 +234,14 @@ def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases
 
     specs = manifest.specs
     seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads,
-                                cpu_int8=cpu_int8, preprocess=args.preprocess)
+                                cpu_int8=cpu_int8, preprocess=args.preprocess, postprocess=args.postprocess)
     int8 = list(seg.session.variant_stages("cpu-int8"))
     precision = manifest.precision if seg.backend == "tensorrt" else "fp32"
     if int8:
         precision += " + int8 dynamic: " + ", ".join(int8)
     raw = {"label": f"{engine_dir.name} [{seg.backend}, {precision}]",
            "engines": str(engine_dir), "backend": seg.backend, "precision": precision,
-           "cpu_int8_stages": int8, "preprocess": "backend" if "preprocess" in seg.session.runners else "host",
+           "cpu_int8_stages": int8, **{e: "backend" if e in seg.session.runners else "host" for e in EDGE_STAGES},
            "stages": {}, "pipeline": {}, "batch": {}, "products": {}}
     for name, case in cases.items():
         feeds = example_feeds(specs[case["stage"]], clamp_axes(case, specs))
@@ -570,6 +569,7 @@ def run(args) -> dict:
     settings = {"backend": args.backend, "threads": args.threads, "shots": args.shots_list,
                 "batch": args.batch_list, "iterations": args.iterations, "warmup": args.warmup,
                 "rounds": args.rounds, "cpu_int8": args.cpu_int8, "preprocess": args.preprocess,
+                "postprocess": args.postprocess,
                 "frame": list(frames[0].shape[1::-1]),
                 "compare_pytorch": args.compare_pytorch, "folders": [str(d) for d in args.folders]}
     if args.compare_pytorch:

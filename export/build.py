@@ -108,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "engines for N (memory attention at the full memory profile: N times its "
                         "one-object activations)")
     s.add_argument("--max-frame-side", type=int, default=1920, metavar="PX",
-                   help="largest frame side (height or width) the preprocess graph takes: frames up to "
-                        "it become the model input on the backend (TensorRT), larger ones are resized on "
-                        "the host. TensorRT sizes that engine's activations for it (its gathered taps: 118 MB "
-                        "at 1920 x 1920 for a 1024 px model, from the shapes); 3840 admits 4K")
+                   help="largest frame side (height or width) the edge graphs take: frames up to it become "
+                        "the model input, and get their masks, on the backend (TensorRT); larger ones on the "
+                        "host. TensorRT sizes those engines' activations for it (from the shapes at 1920 x "
+                        "1920: the preprocess graph's gathered taps 118 MB for a 1024 px model, the "
+                        "postprocess graph's logits 118 MB at 8 objects); 3840 admits 4K")
     s.add_argument("--int8-stages", default="image_encoder",
                    help="int8: comma-separated stages to quantize (or 'all'); the others stay fp16. The "
                         "build is refused (status failed) when the accuracy gate fails, with the mixed "

@@ -19,9 +19,9 @@ against the FP32 ONNX file on the feeds the FP32 pipeline really gave that
 stage, and the engine's median latency; per product the mean and worst mask
 IoU. Gates (:mod:`runtime.core.compare`): FP32 engines (TF32 allowed)
 ``ENGINE_FP32_STAGE`` / ``ENGINE_FP32_END_TO_END``, FP16 and INT8 engines
-``REDUCED_STAGE`` / ``REDUCED_END_TO_END``; the preprocess graph's engine
-(FP32 at every precision, no GEMM) ``MODEL_INPUT_PARITY`` against that graph
-on ONNX Runtime.
+``REDUCED_STAGE`` / ``REDUCED_END_TO_END``; the edge graphs' engines
+(preprocess, postprocess: FP32 at every precision, no GEMM) ``EDGE_PARITY``
+against those graphs on ONNX Runtime (their masks ``EDGE_MASK_PARITY``).
 
 Exit status: 0 every gate passed; 1 a gate failed or a build failed;
 2 bad options; 4 (:data:`NO_DEVICE`) TensorRT or a CUDA GPU is missing here
@@ -77,19 +77,20 @@ def median_ms(runner, samples: Sequence[Mapping[str, np.ndarray]], repeats: int 
 
 
 def check_folder(path: Path, precision: str, log: Callable[[str], None], backend: str = "tensorrt",
-                 preprocess: str = "auto") -> Dict[str, Any]:
-    """The folder kind's workload on ``backend`` (``preprocess`` mode: :meth:`EngineSession.open`) and on
-    ONNX Runtime FP32 (CPU): per-stage and end-to-end figures."""
+                 edge_mode: str = "auto") -> Dict[str, Any]:
+    """The folder kind's workload on ``backend`` (``edge_mode``: where its preprocess and postprocess
+    graphs run, :meth:`EngineSession.open`) and on ONNX Runtime FP32 (CPU): per-stage and end-to-end figures."""
     stage_gate, mask_gate = ((compare.ENGINE_FP32_STAGE, compare.ENGINE_FP32_END_TO_END) if precision == "fp32"
                              else (compare.REDUCED_STAGE, compare.REDUCED_END_TO_END))
     folder = ModelFolder.read(path)
     kind = folder.manifest.kind
     work = workload(kind)
     edges = folder.manifest.edge_specs
-    # The reference runs the preprocess graph too (where the folder has one), so its engine is compared.
+    # The reference runs the edge graphs too (where the folder has them), so their engines are compared.
+    ref_edges = {e: "backend" if e in edges else "auto" for e in ("preprocess", "postprocess")}
     fp32 = EngineSession.open(path, kinds=(kind,), backend="onnxruntime", providers=["CPUExecutionProvider"],
-                              cpu_int8="off", preprocess="backend" if edges else "auto")
-    trt = EngineSession.open(path, kinds=(kind,), backend=backend, preprocess=preprocess)
+                              cpu_int8="off", **ref_edges)
+    trt = EngineSession.open(path, kinds=(kind,), backend=backend, preprocess=edge_mode, postprocess=edge_mode)
     result: Dict[str, Any] = {"folder": str(path), "precision": precision, "stages": {}, "products": {},
                               "failures": []}
     try:
@@ -116,8 +117,7 @@ def check_folder(path: Path, precision: str, log: Callable[[str], None], backend
                 continue
             m = compare.compare_runners(fp32.runners[stage], trt.runners[stage], feeds)
             ms = median_ms(trt.runners[stage], feeds[:4])
-            # The edge graph is FP32 arithmetic without GEMMs at every precision: held to the exact gate.
-            bad = (compare.MODEL_INPUT_PARITY if stage in edges else stage_gate).failures(m)
+            bad = edge_failures(edges[stage], m) if stage in edges else stage_gate.failures(m)
             result["stages"][stage] = {"rel_l2": m["rel_l2"], "cosine": m["cosine"], "samples": len(feeds),
                                        "median_ms": ms, "engine": trt.stage_files[stage]}
             result["failures"] += [f"{stage}: {b}" for b in bad]
@@ -127,8 +127,19 @@ def check_folder(path: Path, precision: str, log: Callable[[str], None], backend
         trt.close()
         fp32.close()
     result["gates"] = {"stage": stage_gate.as_dict(), "end_to_end": mask_gate.as_dict(),
-                       "edge_stage": compare.MODEL_INPUT_PARITY.as_dict()}
+                       "edge_stage": compare.EDGE_PARITY.as_dict(), "edge_masks": compare.EDGE_MASK_PARITY.as_dict()}
     return result
+
+
+def edge_failures(spec, m: Mapping[str, Any]) -> List[str]:
+    """An edge graph's engine against the graph (:func:`compare.compare_runners` figures ``m``): FP32
+    arithmetic without GEMMs at every precision, so its values are held to the exact gate, its bool
+    outputs (masks, where values at the threshold may round either way) to the mask gate."""
+    bad = []
+    for name, figures in m["outputs"].items():
+        gate = compare.EDGE_MASK_PARITY if spec.output(name).dtype == "bool" else compare.EDGE_PARITY
+        bad += [f"{name}: {b}" for b in gate.failures(figures)]
+    return bad
 
 
 # ---------------------------------------------------------------------- builds

@@ -29,7 +29,7 @@ from runtime.core.fileio import atomic_path, sha256_file
 from runtime.core.folder import CONSTANTS_NAME, FileRecord, Manifest, ModelFolder, ModelRecord
 from runtime.core.spec import check_image_size
 from runtime.errors import UsageError
-from runtime.sam2.spec import DEFAULT_AXIS_RANGES, STAGES, parse_stages, preprocess_spec, stage_specs
+from runtime.sam2.spec import DEFAULT_AXIS_RANGES, STAGES, edge_specs, parse_stages, preprocess_spec, stage_specs
 
 EXPORT_CODE_VERSION = 5  # bump when the exported graphs change meaning
 DEFAULT_IMAGE_SIZE = 1024
@@ -149,11 +149,11 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                            previous.manifest.stages.get(name) if previous else None,
                            fold=not opts.plain_export, log=log, step=f"[{i}/4] ")
         for i, name in enumerate(STAGES, 1)}
-    from export.preprocess import export_preprocess
+    from export.edges import export_edge
 
-    edge_spec = preprocess_spec(choice.image_size, opts.max_frame_side)
-    edge = export_preprocess(edge_spec, out, previous.manifest.edge_stages.get(edge_spec.name) if previous else None,
-                             log)
+    edges = edge_specs(choice.image_size, opts.max_frame_side, ranges["objects"])
+    edge_records = {name: export_edge(spec, out, previous.manifest.edge_stages.get(name) if previous else None, log)
+                    for name, spec in edges.items()}
     flops = _count_flops(model, nets, specs, opts.plain_export, log)
     constants_path = out / CONSTANTS_NAME
     with atomic_path(constants_path) as tmp:
@@ -171,7 +171,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
             random_weights=opts.random_weights, seed=opts.seed if opts.random_weights else None),
         model_config=model_config(model), specs=specs, stages=stages, precision=opts.precision,
         fingerprint=fp, created=now(), flops=flops,
-        edge_specs={edge_spec.name: edge_spec}, edge_stages={edge_spec.name: edge},
+        edge_specs=edges, edge_stages=edge_records,
         constants=FileRecord(CONSTANTS_NAME, sha256_file(constants_path)),
         provenance={
             "versions": versions(),

@@ -46,9 +46,9 @@ from runtime.camera.loop import CameraLoop, Display, LoopOptions, VideoSink
 from runtime.camera.prompts import parse_prompts
 from runtime.camera.sources import RetryPolicy, make_source
 from runtime.camera.steps import InferenceStep, SegmenterStep, TrackingStep
-from runtime.cli.common import HelpFormatter, add_debug, add_objects_options, run_main
+from runtime.cli.common import HelpFormatter, add_debug, add_edge_options, add_objects_options, run_main
 from runtime.cli.references import add_reference_options, any_given, apply_references, collect
-from runtime.core.backends import BACKENDS, CPU_INT8_HELP, CPU_INT8_MODES, PREPROCESS_HELP, PREPROCESS_MODES
+from runtime.core.backends import BACKENDS, CPU_INT8_HELP, CPU_INT8_MODES
 from runtime.errors import InputError, Sam2EdgeError
 
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
     p.add_argument("--cpu-int8", choices=CPU_INT8_MODES, default="auto",
                    help=CPU_INT8_HELP)
-    p.add_argument("--preprocess", choices=PREPROCESS_MODES, default="auto", help=PREPROCESS_HELP)
+    add_edge_options(p)
     add_objects_options(p, "concepts (--track: objects)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N captured frames")
     p.add_argument("--queue-size", type=int, default=2, help="frames per queue between stages (default 2)")
@@ -164,13 +164,15 @@ def _load_step(args, refs, objects) -> InferenceStep:
 
         trk = VideoTracker.load(args.model_dir, backend=args.backend, threads=args.threads,
                                 cpu_int8=args.cpu_int8, threshold=args.threshold, preprocess=args.preprocess,
-                                objects_per_call=args.objects_per_call, pad_objects=args.pad_objects)
+                                postprocess=args.postprocess, objects_per_call=args.objects_per_call,
+                                pad_objects=args.pad_objects, return_logits=False)
         return TrackingStep(trk, objects)
     from runtime.sam2.fewshot import FewShotSegmenter
 
     seg = FewShotSegmenter.load(args.model_dir, backend=args.backend, threshold=args.threshold,
                                 threads=args.threads, cpu_int8=args.cpu_int8, preprocess=args.preprocess,
-                                objects_per_call=args.objects_per_call, pad_objects=args.pad_objects)
+                                postprocess=args.postprocess, objects_per_call=args.objects_per_call,
+                                pad_objects=args.pad_objects, return_logits=False)
 
     def reset(s):
         try:

@@ -18,9 +18,9 @@ import statistics
 from pathlib import Path
 from typing import List, Optional
 
-from runtime.cli.common import HelpFormatter, add_debug, add_objects_options, run_main
+from runtime.cli.common import HelpFormatter, add_debug, add_edge_options, add_objects_options, run_main
 from runtime.cli.references import add_reference_options
-from runtime.core.backends import BACKENDS, CPU_INT8_HELP, CPU_INT8_MODES, PREPROCESS_HELP, PREPROCESS_MODES
+from runtime.core.backends import BACKENDS, CPU_INT8_HELP, CPU_INT8_MODES
 from runtime.errors import UsageError
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for onnxruntime (0 = all)")
     p.add_argument("--cpu-int8", choices=CPU_INT8_MODES, default="auto", help=CPU_INT8_HELP)
-    p.add_argument("--preprocess", choices=PREPROCESS_MODES, default="auto", help=PREPROCESS_HELP)
+    add_edge_options(p)
     add_objects_options(p, "concepts")
     add_debug(p)
     return p
@@ -81,7 +81,8 @@ def _segment(args) -> int:
     names = output_names(args.target)
     with FewShotSegmenter.load(args.model_dir, backend=args.backend, threshold=args.threshold,
                                threads=args.threads, cpu_int8=args.cpu_int8, preprocess=args.preprocess,
-                               objects_per_call=args.objects_per_call, pad_objects=args.pad_objects) as seg:
+                               postprocess=args.postprocess, objects_per_call=args.objects_per_call,
+                               pad_objects=args.pad_objects, return_logits=False) as seg:
         int8 = seg.session.variant_stages("cpu-int8")
         print(f"backend: {seg.backend}" + (f" (dynamic INT8: {', '.join(int8)})" if int8 else "")
               + f"; {len(refs)} reference(s), {len(targets)} target(s)")

@@ -146,7 +146,10 @@ class ProbabilityGate:
 
 # The one table of gates (where each is applied: export parity, precision builds, dense checks).
 FP32_PARITY = StageGate(max_rel_l2=1e-5)          # every stage, ONNX Runtime vs PyTorch
-MODEL_INPUT_PARITY = StageGate(max_rel_l2=1e-6)   # the preprocess graph vs the host's resize (exact up to rounding)
+EDGE_PARITY = StageGate(max_rel_l2=1e-6)          # an edge graph vs its NumPy reference (exact up to rounding)
+# An edge graph's bool outputs (masks) on two backends: rel L2 of 0/1 maps is sqrt(flipped / foreground),
+# so 1e-2 lets 1e-4 of the foreground flip where logits rounded to either side of the threshold.
+EDGE_MASK_PARITY = StageGate(max_rel_l2=1e-2)
 # FP32 TensorRT engines (TF32 allowed: 10-bit mantissa products) vs the FP32 ONNX file on ONNX Runtime.
 ENGINE_FP32_STAGE = StageGate(max_rel_l2=1e-2, min_cosine=0.9999)
 ENGINE_FP32_END_TO_END = MaskGate(min_mean_iou=0.99, min_worst_iou=0.97)

@@ -15,7 +15,8 @@ Layout (names from :func:`onnx_name` / :func:`engine_name`)::
     <stage>.cpu-int8.onnx          dynamic INT8 for ONNX Runtime on CPUs (--cpu-int8-stages)
     <stage>.<precision>.engine     TensorRT engine, built from the stage's precision file
 
-*Edge stages* (``preprocess.onnx``: a uint8 frame -> the model input) are
+*Edge stages* (``preprocess.onnx``: a uint8 frame -> the model input;
+``postprocess.onnx``: low-res mask logits -> frame-size logits and masks) are
 graphs without weights at the model's edge: listed apart from the model's
 stages (``edge_specs`` / ``edge_stages``), FP32 only, never calibrated or
 gated by precision, optional (older folders lack them: the runtime then does

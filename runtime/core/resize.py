@@ -24,13 +24,16 @@ import numpy as np
 def filter_taps(in_size: int, out_size: int, antialias: bool) -> Tuple[np.ndarray, np.ndarray]:
     """``(index [out, K] int, weight [out, K] float32)`` of the 1-D filter.
 
-    Computed in float32 with torch's formulas so the weights round as torch's do.
+    Computed with torch's formulas, rounded as torch rounds them (float32; the plain filter's
+    source coordinate as one fused multiply-add), so the weights are torch's to the last bit.
     """
     f32 = np.float32
     scale = f32(in_size) / f32(out_size)
     i = np.arange(out_size, dtype=f32)
     if not antialias:  # torch's classic bilinear: two taps, clamped source index
-        src = np.maximum(scale * (i + f32(0.5)) - f32(0.5), f32(0)).astype(f32)
+        # torch computes scale * (i + 0.5) - 0.5 as one fused multiply-add: the exact float64
+        # value rounded once to float32 is that (the product of two float32 is exact in float64).
+        src = np.maximum((np.float64(scale) * (i.astype(np.float64) + 0.5) - 0.5).astype(f32), f32(0))
         i0 = src.astype(np.int64)
         i1 = np.minimum(i0 + 1, in_size - 1)
         l1 = (src - i0.astype(f32)).astype(f32)
@@ -78,7 +81,7 @@ def upsample_bilinear(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     Where neither axis shrinks (mask logits to the frame, low-res to model size),
     OpenCV's ``INTER_LINEAR`` is the same filter as torch's and runs ~100x faster
     than the tap loop at 1080p; it differs from torch by float rounding of the
-    source coordinates only (``tests/runtime/test_resize.py`` bounds it). Else
+    source coordinates only (``tests/runtime/test_host_ops.py`` bounds it). Else
     :func:`resize_bilinear`.
     """
     x = np.asarray(x, dtype=np.float32)

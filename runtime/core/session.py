@@ -51,21 +51,22 @@ class EngineSession:
     def open(cls, path: str | Path, *, product: Optional[str] = None, kinds: Optional[Sequence[str]] = None,
              backend: str = "auto", threads: int = 0, providers: Optional[Sequence[str]] = None,
              cpu_int8: str = "auto", variants: Optional[Mapping[str, str]] = None,
-             memory: str = "arena", preprocess: str = "auto") -> "EngineSession":
+             memory: str = "arena", preprocess: str = "auto", postprocess: str = "auto") -> "EngineSession":
         """Open a folder made by ``python -m export.build`` (of a kind ``product`` runs).
 
         ``backend``: "auto" | "onnxruntime" | "tensorrt"; ``cpu_int8``: whether
         ONNX Runtime on the CPU runs the folder's dynamic-INT8 files
         (:mod:`runtime.core.backends`); ``variants`` forces ONNX variants per stage;
         ``memory``: ONNX Runtime's CPU memory mode, "arena" | "shared" | "off"
-        (``OnnxRuntimeStageRunner``); ``preprocess``: where frames become the
-        model input, "auto" | "backend" | "host"
-        (:func:`~runtime.core.backends.edge_stages_to_run`).
+        (``OnnxRuntimeStageRunner``); ``preprocess`` / ``postprocess``: where
+        frames become the model input / mask logits become frame-size masks,
+        "auto" | "backend" | "host" (:func:`~runtime.core.backends.edge_stages_to_run`).
         """
         folder = ModelFolder.open(path, kinds=kinds, product=product)
         constants = folder.load_constants() if folder.manifest.constants else {}
         kind = resolve_backend(backend, folder, tuple(folder.specs))
-        specs = {**folder.specs, **edge_stages_to_run(folder, kind, providers, preprocess)}
+        specs = {**folder.specs, **edge_stages_to_run(folder, kind, providers,
+                                                        {"preprocess": preprocess, "postprocess": postprocess})}
         runners = open_runners(folder, specs, kind, threads=threads, providers=providers,
                                cpu_int8=cpu_int8, variants=variants, memory=memory)
         return cls(folder, runners, constants)
@@ -162,15 +163,15 @@ class Product:
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "auto", threads: int = 0,
              providers: Optional[Sequence[str]] = None, cpu_int8: str = "auto", memory: str = "arena",
-             preprocess: str = "auto", **options):
+             preprocess: str = "auto", postprocess: str = "auto", **options):
         """Open the model folder ``path`` (made by ``python -m export.build``) in a session of its own.
 
         ``backend``, ``threads``, ``providers``, ``cpu_int8``, ``memory``,
-        ``preprocess``: see :meth:`EngineSession.open`; ``options`` go to the class.
+        ``preprocess``, ``postprocess``: see :meth:`EngineSession.open`; ``options`` go to the class.
         """
         session = EngineSession.open(path, product=cls.__name__, backend=backend, threads=threads,
                                      providers=providers, cpu_int8=cpu_int8, memory=memory,
-                                     preprocess=preprocess)
+                                     preprocess=preprocess, postprocess=postprocess)
         try:
             product = cls(session, **options)
         except BaseException:

@@ -25,12 +25,7 @@ from runtime.core.session import EngineSession, Product, serialized
 from runtime.sam2.memory import plan_calls, pointer_pos_enc, select_memories, select_pointers
 from runtime.errors import InputError
 from runtime.core.images import image_to_rgb, threshold_logit
-from runtime.sam2.inputs import (
-    check_mask,
-    logits_to_image,
-    mask_to_model_size,
-    scribble_to_points,
-)
+from runtime.sam2.inputs import check_mask, mask_to_model_size, scribble_to_points
 from runtime.sam2.results import ConceptResult, SegmentationResult
 from runtime.sam2.stages import FrameOutput, Sam2Stages, objects_per_call_for
 
@@ -43,6 +38,9 @@ class FewShotSegmenter(Product):
     >>> res = seg.segment(frame)            # res["dog"].mask, .logits, .iou
 
     ``threshold``: the probability above which a pixel is in the mask.
+    ``return_logits``: whether results carry the frame-size logits too
+    (``False``: ``logits`` is None, and where the postprocess graph runs on a
+    device only the masks are copied back).
     ``objects_per_call``: concepts segmented together in one memory-attention
     and one decoder call (default: as many as the folder was built for, its
     ``objects`` axis, on TensorRT and GPU providers; 1, one by one, on ONNX
@@ -62,12 +60,13 @@ class FewShotSegmenter(Product):
     """
 
     def __init__(self, session: EngineSession, threshold: float = 0.5,
-                 objects_per_call: Optional[int] = None, pad_objects: bool = False):
+                 objects_per_call: Optional[int] = None, pad_objects: bool = False, return_logits: bool = True):
         super().__init__(session)
         self.stages = Sam2Stages(session)
         self.size = self.stages.size
         self.threshold = threshold
         self._thr_logit = threshold_logit(threshold)
+        self.return_logits = bool(return_logits)
         self.objects_per_call = objects_per_call_for(self.stages, objects_per_call)
         self.pad_objects = bool(pad_objects)
         self._refs: "OrderedDict[str, List[FrameOutput]]" = OrderedDict()
@@ -263,11 +262,14 @@ class FewShotSegmenter(Product):
             tb = time.perf_counter()
             dec = st.decode(cond, enc, *st.no_points_for(len(concepts)), None)
             tc = time.perf_counter()
-            for i, concept in enumerate(concepts):
+            lows, ious = [], []
+            for i in range(len(concepts)):
                 low, iou, ptr = st.select_multi(dec, i)
-                low, _ = st.gate(low, ptr, float(dec["object_score_logits"][i, 0]))
-                logits = logits_to_image(low, rgb.shape[:2])
-                results[concept] = ConceptResult(mask=logits > self._thr_logit, logits=logits, iou=iou)
+                lows.append(st.gate(low, ptr, float(dec["object_score_logits"][i, 0]))[0])
+                ious.append(iou)
+            masks, logits = st.to_frame(np.stack(lows), rgb.shape[:2], self._thr_logit, self.return_logits)
+            for concept, mask, lg, iou in zip(concepts, masks, logits, ious):
+                results[concept] = ConceptResult(mask=mask, logits=lg, iou=iou)
             td = time.perf_counter()
             timings["memory_attention"] += tb - ta
             timings["mask_decoder"] += tc - tb

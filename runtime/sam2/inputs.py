@@ -20,23 +20,45 @@ def image_to_model_input(image_rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-@lru_cache(maxsize=16)
-def frame_taps(height: int, width: int, size: int) -> Dict[str, np.ndarray]:
-    """The preprocess graph's filter inputs for ``[height, width]`` frames at model size ``size``:
-    ``col_idx/col_w [S,Kw]``, ``row_idx/row_w [S,Kh]`` (int32 / float32), those of
-    :func:`image_to_model_input`. Computed once per frame size (read-only arrays)."""
+def _graph_taps(cols: Tuple[int, int], rows: Tuple[int, int], antialias: bool) -> Dict[str, np.ndarray]:
+    """An edge graph's filter inputs, ``{col,row}_{idx,w}`` (int32 / float32, read-only) for the
+    ``(in, out)`` sizes of each axis."""
     out = {}
-    for axis, n in (("col", width), ("row", height)):
-        idx, w = filter_taps(n, size, True)
+    for axis, (n_in, n_out) in (("col", cols), ("row", rows)):
+        idx, w = filter_taps(n_in, n_out, antialias)
         out[f"{axis}_idx"], out[f"{axis}_w"] = idx.astype(np.int32), np.ascontiguousarray(w)
     for a in out.values():
         a.flags.writeable = False
     return out
 
 
+@lru_cache(maxsize=16)
+def frame_taps(height: int, width: int, size: int) -> Dict[str, np.ndarray]:
+    """The preprocess graph's filter inputs for ``[height, width]`` frames at model size ``size``:
+    ``col_idx/col_w [S,Kw]``, ``row_idx/row_w [S,Kh]`` (int32 / float32), those of
+    :func:`image_to_model_input`. Computed once per frame size (read-only arrays)."""
+    return _graph_taps((width, size), (height, size), True)
+
+
+@lru_cache(maxsize=16)
+def logit_taps(height: int, width: int, low: int) -> Dict[str, np.ndarray]:
+    """The postprocess graph's filter inputs for ``[low, low]`` logits to ``[height, width]``:
+    ``col_idx/col_w [W,2]``, ``row_idx/row_w [H,2]`` (int32 / float32), the plain bilinear filter
+    of :func:`logits_to_image`'s reference. Computed once per frame size (read-only arrays)."""
+    return _graph_taps((low, width), (low, height), False)
+
+
 def preprocess_feeds(frame: np.ndarray, size: int) -> Dict[str, np.ndarray]:
     """uint8 RGB ``[H,W,3]`` -> the preprocess graph's feeds (the frame and its cached taps)."""
     return {"frame": np.ascontiguousarray(frame), **frame_taps(frame.shape[0], frame.shape[1], size)}
+
+
+def postprocess_feeds(low_res: np.ndarray, image_hw: Tuple[int, int], threshold: float) -> Dict[str, np.ndarray]:
+    """``[N,S/4,S/4]`` logits -> the postprocess graph's feeds (the logits, the cached taps of
+    ``image_hw`` and the logit ``threshold``)."""
+    return {"low_res": np.ascontiguousarray(low_res, np.float32),
+            **logit_taps(int(image_hw[0]), int(image_hw[1]), low_res.shape[-1]),
+            "threshold": np.array([threshold], np.float32)}
 
 
 def check_mask(mask: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
@@ -102,5 +124,5 @@ def mask_downsample(hard: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> n
 
 
 def logits_to_image(low_res: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
-    """``[S/4,S/4]`` logits -> ``[H,W]`` (bilinear, align_corners=False)."""
+    """``[S/4,S/4]`` logits -> ``[H,W]`` (bilinear, align_corners=False) on the host."""
     return upsample_bilinear(low_res, image_hw)

@@ -14,7 +14,6 @@ import numpy as np
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.errors import InputError
 from runtime.core.images import image_to_rgb, threshold_logit
-from runtime.sam2.inputs import logits_to_image
 from runtime.sam2.stages import Sam2Stages
 
 LOGIT_CLAMP = 32.0  # sam2 clamps low-res logits to [-32, 32] before upsampling
@@ -95,9 +94,8 @@ class ImagePredictor(Product):
             low, iou, _ = st.select_single(dec)
             masks, ious = low[None], np.array([iou], np.float32)
         low_res = np.clip(masks, -LOGIT_CLAMP, LOGIT_CLAMP).astype(np.float32)
-        full = np.stack([logits_to_image(m, self._hw) for m in low_res])
-        out = full if return_logits else full > self._thr_logit
-        return out, ious.astype(np.float32), low_res
+        masks, logits = st.to_frame(low_res, self._hw, self._thr_logit, logits=return_logits)
+        return np.stack(logits if return_logits else masks), ious.astype(np.float32), low_res
 
     def _mask_prompt(self, mask_input: Optional[np.ndarray]) -> Optional[np.ndarray]:
         """A previous ``low_res`` mask ``[1,S/4,S/4]`` (or ``[S/4,S/4]``) -> ``[1,1,S/4,S/4]``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -13,12 +13,13 @@ class ConceptResult:
     """One concept's prediction on one image.
 
     ``mask``: ``[H, W]`` bool at the input image's size; ``logits``: ``[H, W]``
-    float32 mask logits (``mask = sigmoid(logits) > threshold``); ``iou``:
-    the decoder's predicted IoU of the chosen mask.
+    float32 mask logits (``mask = sigmoid(logits) > threshold``), None where
+    the segmenter was told not to return them; ``iou``: the decoder's
+    predicted IoU of the chosen mask.
     """
 
     mask: np.ndarray
-    logits: np.ndarray
+    logits: Optional[np.ndarray]
     iou: float
 
 

@@ -21,10 +21,12 @@ Memory attention gets two TensorRT profiles: one with exactly one memory and
 one pointer (a one-shot concept, and the first tracked frame), the other the
 whole range.
 
-The *preprocess* graph (:func:`preprocess_spec`) is an edge stage, not one of
-the four: no weights, always FP32, never calibrated. It turns a uint8 frame
-of its own size into the encoder's input on the backend; frames larger than
-its ``frame_h`` / ``frame_w`` range are resized on the host instead.
+The *preprocess* and *postprocess* graphs (:func:`preprocess_spec`,
+:func:`postprocess_spec`) are edge stages, not among the four: no weights,
+always FP32, never calibrated. The first turns a uint8 frame of its own size
+into the encoder's input on the backend, the second the chosen low-res mask
+logits into frame-size logits and masks; frames outside their ``frame_h`` /
+``frame_w`` range are handled on the host instead.
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ NUM_MASK_TOKENS = 4  # single-mask token + 3 multimask tokens
 BACKBONE_STRIDE = 16
 
 STAGES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
-PREPROCESS = "preprocess"
-# Largest frame side the preprocess graph's profile admits by default: 1080p in
-# either orientation. TensorRT sizes the graph's activations for the largest
-# frame (the gathered taps [3,H,S,K] float32: 118 MB at 1920 x 1920 for a
-# 1024 px model, computed from the shapes), so 4K is opt-in.
+PREPROCESS, POSTPROCESS = "preprocess", "postprocess"
+EDGE_STAGES = (PREPROCESS, POSTPROCESS)
+# Largest frame side the edge graphs' profiles admit by default: 1080p in
+# either orientation. TensorRT sizes the graphs' activations for the largest
+# frame (computed from the shapes at 1920 x 1920: the preprocess graph's
+# gathered taps [3,H,S,K] float32 118 MB for a 1024 px model; the postprocess
+# graph's logits [N,H,W] float32 118 MB at 8 objects), so 4K is opt-in.
 DEFAULT_MAX_FRAME_SIDE = 1920
 
 # Ranges of the dynamic axes: (min, opt, max). Used for TensorRT profiles and
@@ -163,8 +167,7 @@ def preprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> 
     when shrinking).
     """
     check_image_size(image_size)
-    if not isinstance(max_side, int) or max_side < 16:
-        raise UsageError(f"the largest frame side must be an integer >= 16, got {max_side!r}")
+    frames = _frame_ranges(max_side)
     # A triangle of half-width max(1, scale) covers at most 2 * support + 1 source pixels.
     k_max = max(3, -(-2 * max_side // image_size) + 1)
     s, f32, i32 = image_size, "float32", "int32"
@@ -175,10 +178,45 @@ def preprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> 
                 TensorSpec("col_idx", (s, "taps_w"), i32), TensorSpec("col_w", (s, "taps_w"), f32),
                 TensorSpec("row_idx", (s, "taps_h"), i32), TensorSpec("row_w", (s, "taps_h"), f32)),
         outputs=(TensorSpec("image", (1, 3, s, s), f32),),
-        axis_ranges={"frame_h": (16, min(1080, max_side), max_side),
-                     "frame_w": (16, min(1920, max_side), max_side),
-                     "taps_w": taps, "taps_h": taps},
+        axis_ranges={**frames, "taps_w": taps, "taps_h": taps},
     )
+
+
+def _frame_ranges(max_side: int) -> Dict[str, AxisRange]:
+    if not isinstance(max_side, int) or isinstance(max_side, bool) or max_side < 16:
+        raise UsageError(f"the largest frame side must be an integer >= 16, got {max_side!r}")
+    return {"frame_h": (16, min(1080, max_side), max_side), "frame_w": (16, min(1920, max_side), max_side)}
+
+
+def postprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
+                     objects: AxisRange = DEFAULT_AXIS_RANGES["objects"]) -> StageSpec:
+    """The low-res logits -> frame graph: ``low_res [N,S/4,S/4]`` (the chosen mask of each of N
+    objects), the 2-tap plain bilinear filter of each axis (``col_idx/col_w [W,2]``,
+    ``row_idx/row_w [H,2]``, from :func:`runtime.sam2.inputs.logit_taps`) and ``threshold [1]`` (a
+    logit) -> ``logits [N,H,W]`` float32 (``F.interpolate(bilinear, align_corners=False)``, sam2's
+    ``postprocess_masks``) and ``mask [N,H,W]`` bool (``logits > threshold``).
+
+    Frames of 16 .. ``max_side`` pixels per side, ``objects`` as the folder's.
+    """
+    check_image_size(image_size)
+    lo, f32, i32 = image_size // 4, "float32", "int32"
+    return StageSpec(
+        POSTPROCESS,
+        inputs=(TensorSpec("low_res", ("objects", lo, lo), f32),
+                TensorSpec("col_idx", ("frame_w", 2), i32), TensorSpec("col_w", ("frame_w", 2), f32),
+                TensorSpec("row_idx", ("frame_h", 2), i32), TensorSpec("row_w", ("frame_h", 2), f32),
+                TensorSpec("threshold", (1,), f32)),
+        outputs=(TensorSpec("logits", ("objects", "frame_h", "frame_w"), f32),
+                 TensorSpec("mask", ("objects", "frame_h", "frame_w"), "bool")),
+        axis_ranges={"objects": tuple(objects), **_frame_ranges(max_side)},
+    )
+
+
+def edge_specs(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
+               objects: AxisRange = DEFAULT_AXIS_RANGES["objects"]) -> Dict[str, StageSpec]:
+    """Both edge stages of a SAM2 folder, by name (:data:`EDGE_STAGES` order)."""
+    return {PREPROCESS: preprocess_spec(image_size, max_side),
+            POSTPROCESS: postprocess_spec(image_size, max_side, objects)}
 
 
 def parse_stages(text) -> List[str]:

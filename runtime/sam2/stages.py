@@ -18,9 +18,15 @@ from runtime.core.session import EngineSession
 from runtime.errors import InputError, ModelFolderError, ProfileLimitError, UsageError
 from runtime.core.images import rgb_to_float
 from runtime.core.resize import resize_bilinear, upsample_bilinear
-from runtime.sam2.inputs import image_to_model_input, mask_downsample, preprocess_feeds
+from runtime.sam2.inputs import (
+    image_to_model_input,
+    logits_to_image,
+    mask_downsample,
+    postprocess_feeds,
+    preprocess_feeds,
+)
 from runtime.sam2.memory import pack_objects
-from runtime.sam2.spec import PREPROCESS, STAGES
+from runtime.sam2.spec import POSTPROCESS, PREPROCESS, STAGES
 
 NO_OBJ_SCORE = -1024.0  # sam2's logit for "object absent"
 BINARIZED_LOGIT = 1e4  # sigmoid() of +-1e4 is exactly 1 / 0 in float32
@@ -96,15 +102,19 @@ class Sam2Stages:
         return np.zeros((n, 1, 2), np.float32), -np.ones((n, 1), np.float32)
 
     # ----------------------------------------------------------------- stages
+    def _edge_for(self, stage: str, hw: Tuple[int, int]) -> Optional[StageRunner]:
+        """The session's runner of edge ``stage`` if it runs and its profile admits ``[H,W]`` frames."""
+        r = self.runners.get(stage)
+        if r is None:
+            return None
+        rng = r.spec.axis_ranges
+        fits = rng["frame_h"][0] <= hw[0] <= rng["frame_h"][2] and rng["frame_w"][0] <= hw[1] <= rng["frame_w"][2]
+        return r if fits else None
+
     def on_backend(self, rgb: np.ndarray) -> bool:
         """Whether ``rgb`` (:func:`~runtime.core.images.image_to_rgb`) becomes the model input in the
         session's preprocess graph: a uint8 frame inside its profile's sizes."""
-        pre = self.runners.get(PREPROCESS)
-        if pre is None or rgb.dtype != np.uint8:
-            return False
-        r = pre.spec.axis_ranges
-        return (r["frame_h"][0] <= rgb.shape[0] <= r["frame_h"][2]
-                and r["frame_w"][0] <= rgb.shape[1] <= r["frame_w"][2])
+        return rgb.dtype == np.uint8 and self._edge_for(PREPROCESS, rgb.shape[:2]) is not None
 
     def model_input(self, rgb: np.ndarray):
         """RGB ``[H,W,3]`` (uint8, or float in [0,1]) -> ``image [1,3,S,S]``: on the backend where
@@ -116,6 +126,30 @@ class Sam2Stages:
     def encode_image(self, rgb: np.ndarray) -> Dict[str, Any]:
         """RGB ``[H,W,3]`` (uint8, or float in [0,1]) -> encoder outputs (backend-native)."""
         return self.runners["image_encoder"].infer({"image": self.model_input(rgb)})
+
+    def to_frame(self, low_res: np.ndarray, hw: Tuple[int, int], thr_logit: float, logits: bool = True
+                 ) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:
+        """N objects' chosen low-res logits ``[N,S/4,S/4]`` -> per object ``mask [H,W]`` bool
+        (``logits > thr_logit``) and ``logits [H,W]`` float32 (None unless ``logits``) at the frame
+        size ``hw`` (sam2's ``postprocess_masks``: plain bilinear).
+
+        In the session's postprocess graph where it runs and admits ``hw`` (objects split into
+        calls of its ``objects`` range; only the outputs asked for are copied back from the
+        device), else on the host (OpenCV's bilinear, :func:`~runtime.sam2.inputs.logits_to_image`).
+        """
+        low_res = np.asarray(low_res, np.float32)
+        r = self._edge_for(POSTPROCESS, hw)
+        if r is None:
+            full = [logits_to_image(m, hw) for m in low_res]
+            return [f > thr_logit for f in full], (full if logits else [None] * len(full))
+        step = r.spec.axis_ranges["objects"][2]
+        masks: List[np.ndarray] = []
+        values: List[Optional[np.ndarray]] = []
+        for i in range(0, len(low_res), step):
+            out = r.infer(postprocess_feeds(low_res[i:i + step], hw, thr_logit))
+            masks += list(r.to_host(out["mask"]))
+            values += list(r.to_host(out["logits"])) if logits else [None] * (len(masks) - len(values))
+        return masks, values
 
     def vision_on_host(self, enc: Mapping[str, Any]) -> np.ndarray:
         """``vision_feat [1,256,S/16,S/16]`` as a host array."""

@@ -21,7 +21,7 @@ from runtime.sam2.memory import plan_calls, pointer_pos_enc, select_tracking_mem
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.errors import InputError, ProfileLimitError
 from runtime.core.images import image_to_rgb, threshold_logit
-from runtime.sam2.inputs import logits_to_image, mask_to_model_size
+from runtime.sam2.inputs import mask_to_model_size
 from runtime.sam2.stages import FrameOutput, Sam2Stages, objects_per_call_for
 
 LOGIT_CLAMP = 32.0  # sam2 clamps earlier logits before feeding them back as a mask prompt
@@ -36,11 +36,11 @@ def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ObjectMask:
-    """One object on one frame: ``mask [H,W]`` bool, ``logits [H,W]``, ``object_score`` (a logit:
-    > 0 means the object is present)."""
+    """One object on one frame: ``mask [H,W]`` bool, ``logits [H,W]`` (None where the tracker was
+    told not to return them), ``object_score`` (a logit: > 0 means the object is present)."""
 
     mask: np.ndarray
-    logits: np.ndarray
+    logits: Optional[np.ndarray]
     object_score: float
 
 
@@ -87,13 +87,16 @@ class VideoTracker(Product):
     CPU provider, where that measured faster). Objects with the same memory and pointer counts
     share calls; ``pad_objects=True`` puts the others in too (padded, the
     padding masked out). Each object still attends only to its own memory bank.
+    ``return_logits``: whether each :class:`ObjectMask` carries the frame-size
+    logits too (``False``: None, and only masks come back from the device).
     """
 
     def __init__(self, session: EngineSession, threshold: float = 0.5,
                  binarize_prompt_masks: bool = True, objects_per_call: Optional[int] = None,
-                 pad_objects: bool = False):
+                 pad_objects: bool = False, return_logits: bool = True):
         super().__init__(session)
         self.stages = Sam2Stages(session)
+        self.return_logits = bool(return_logits)
         self.objects_per_call = objects_per_call_for(self.stages, objects_per_call)
         self.pad_objects = bool(pad_objects)
         self.threshold = threshold
@@ -183,7 +186,7 @@ class VideoTracker(Product):
                          and st.cfg["multimask_min_pt_num"] <= n_pts <= st.cfg["multimask_max_pt_num"])
             out = st.heads(st.no_memory_feat(feats), feats, coords, labs, mask_input, multimask)
         obj.prompted[frame_idx] = out
-        return self._object_mask(out)
+        return self._object_masks([out])[0]
 
     def prompt_frame_limit(self) -> int:
         """How many frames per object may carry prompts: every one is attended to on every tracked
@@ -252,8 +255,9 @@ class VideoTracker(Product):
         outs = {}
         if tracked:  # else every object is prompted on this frame: no encoder run
             outs = dict(zip(tracked, self._track_objects(list(tracked.values()), frame_idx, rgb, num_frames)))
-        return TrackedFrame(frame_idx, {i: self._object_mask(outs[i] if i in outs else o.prompted[frame_idx])
-                                        for i, o in self._objects.items()})
+        ids = list(self._objects)
+        return TrackedFrame(frame_idx, dict(zip(ids, self._object_masks(
+            [outs[i] if i in outs else self._objects[i].prompted[frame_idx] for i in ids]))))
 
     def _track_objects(self, objs: List[_ObjectState], frame_idx: int, rgb: np.ndarray,
                        num_frames: Optional[int]) -> List[FrameOutput]:
@@ -321,9 +325,11 @@ class VideoTracker(Product):
         self._started = True
 
     # --------------------------------------------------------------- helpers
-    def _object_mask(self, out: FrameOutput) -> ObjectMask:
-        logits = logits_to_image(out.low_res, self._hw)
-        return ObjectMask(logits > self._thr_logit, logits, out.object_score)
+    def _object_masks(self, outs: List[FrameOutput]) -> List[ObjectMask]:
+        """Frame-size masks of ``outs`` (one postprocess call for all: :meth:`Sam2Stages.to_frame`)."""
+        masks, logits = self.stages.to_frame(np.stack([o.low_res for o in outs]), self._hw, self._thr_logit,
+                                             self.return_logits)
+        return [ObjectMask(m, lg, o.object_score) for m, lg, o in zip(masks, logits, outs)]
 
     def _check_size(self, hw: Tuple[int, int], frame_idx: Optional[int] = None) -> None:
         if self._hw is None:

@@ -14,13 +14,14 @@ def test_report(tiny_engines, tmp_path):
     assert main(["--model-dir", str(tiny_engines), "--sizes", "320x240", "--iterations", "1", "--refs", "2",
                  "--memory", "arena,off", "--out", str(out)]) == 0
     rec = json.loads(out.with_suffix(".json").read_text())
-    for mode in ("host", "backend", "before"):
+    for mode in ("host", "pre", "backend", "before"):
         h = rec["host"]["320x240"][mode]
         assert h["engine"]["median"] > 0 and h["host"]["median"] >= 0
         assert h["host"]["median"] + h["engine"]["median"] == pytest.approx(h["wall"]["median"], rel=1e-6)
     graph = rec["host"]["320x240"]["backend"]["graph"]["median"]
     assert 0 < graph < rec["host"]["320x240"]["backend"]["engine"]["median"]  # the graph ran, inside the engines' time
     assert rec["host"]["320x240"]["host"]["graph"]["median"] == 0
+    assert 0 < rec["host"]["320x240"]["pre"]["graph"]["median"] < graph  # the preprocess graph alone
     assert set(rec["overlay"]["320x240"]) == {"smooth before", "smooth after", "noisy before", "noisy after"}
     assert [m["mode"] for m in rec["memory"]] == ["arena", "off"]
     assert all(m["peak_rss_mb"] > 0 and m["refs"] == 2 for m in rec["memory"])

@@ -33,15 +33,27 @@ def test_bad_precision_is_a_usage_error(capsys):
 def test_comparison_of_a_backend_with_itself_is_exact(tiny_engines):
     """The comparison glue on ONNX Runtime against itself: every stage fed, IoU 1, rel L2 0."""
     r = device_check.check_folder(tiny_engines, "fp32", lambda m: None, backend="onnxruntime",
-                                  preprocess="backend")
+                                  edge_mode="backend")
     assert r["failures"] == [] and set(r["stages"]) == {"image_encoder", "memory_encoder", "memory_attention",
-                                                         "mask_decoder", "preprocess"}
+                                                         "mask_decoder", "preprocess", "postprocess"}
     assert all(s["rel_l2"] == 0 and s["samples"] > 0 for s in r["stages"].values())
     host = device_check.check_folder(tiny_engines, "fp32", lambda m: None, backend="onnxruntime")
-    assert host["failures"] == [] and host["stages"]["preprocess"] == {"engine": None, "host": "no engine"}
+    assert host["failures"] == [] and all(host["stages"][e] == {"engine": None, "host": "no engine"}
+                                          for e in ("preprocess", "postprocess"))
     p = r["products"]["FewShotSegmenter"]
     assert p["mean_iou"] == p["worst_iou"] == 1.0 and p["masks"] == 6 and 0 < p["fp32_foreground"] < 1
     json.dumps(r)
+
+
+def test_edge_gates_hold_values_exact_and_let_masks_flip_at_the_threshold(tiny_engines):
+    from runtime.core.folder import ModelFolder
+
+    spec = ModelFolder.open(tiny_engines).manifest.edge_specs["postprocess"]
+    exact = {"rel_l2": 0.0, "max_abs": 0.0, "cosine": 1.0}
+    off = {"rel_l2": 3e-3, "max_abs": 1.0, "cosine": 0.99999}
+    assert device_check.edge_failures(spec, {"outputs": {"logits": exact, "mask": off}}) == []
+    assert device_check.edge_failures(spec, {"outputs": {"logits": off, "mask": exact}})[0].startswith("logits: rel L2")
+    assert device_check.edge_failures(spec, {"outputs": {"logits": exact, "mask": {**off, "rel_l2": 0.1}}})
 
 
 def test_stock_workload_runs_and_sees_objects(stock_sam2_factory):

@@ -165,13 +165,19 @@ def test_preprocess_mode_errors(tiny_engines, tmp_path):
 
     with pytest.raises(UsageError, match="unknown preprocess mode 'gpu'"):
         FewShotSegmenter.load(tiny_engines, backend="onnxruntime", preprocess="gpu")
+    with pytest.raises(UsageError, match="unknown postprocess mode 'device'"):
+        FewShotSegmenter.load(tiny_engines, backend="onnxruntime", postprocess="device")
     folder = ModelFolder.open(tiny_engines)
     gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert list(edge_stages_to_run(folder, "onnxruntime", gpu, "auto")) == ["preprocess"]
-    assert edge_stages_to_run(folder, "onnxruntime", gpu, "host") == {}
-    assert edge_stages_to_run(folder, "tensorrt", None, "auto") == {}  # no engine built: the host resizes
-    with pytest.raises(BackendUnavailable, match="no TensorRT engine for \\['preprocess'\\]"):
-        edge_stages_to_run(folder, "tensorrt", None, "backend")
+    both = ["preprocess", "postprocess"]
+    assert list(edge_stages_to_run(folder, "onnxruntime", gpu)) == both
+    assert list(edge_stages_to_run(folder, "onnxruntime", gpu, {"preprocess": "host"})) == ["postprocess"]
+    assert edge_stages_to_run(folder, "onnxruntime", gpu, {e: "host" for e in both}) == {}
+    assert edge_stages_to_run(folder, "onnxruntime", ["CPUExecutionProvider"]) == {}
+    assert list(edge_stages_to_run(folder, "onnxruntime", None, {"postprocess": "backend"})) == ["postprocess"]
+    assert edge_stages_to_run(folder, "tensorrt", None) == {}  # no engine built: the host does both
+    with pytest.raises(BackendUnavailable, match="postprocess='backend' but the folder has no TensorRT engine"):
+        edge_stages_to_run(folder, "tensorrt", None, {"postprocess": "backend"})
     old = tmp_path / "old"
     shutil.copytree(tiny_engines, old)
     m = json.loads((old / "manifest.json").read_text())
@@ -181,3 +187,72 @@ def test_preprocess_mode_errors(tiny_engines, tmp_path):
         assert "preprocess" not in seg.session.runners
     with pytest.raises(UsageError, match="no preprocess graph"):
         FewShotSegmenter.load(old, backend="onnxruntime", preprocess="backend")
+    with pytest.raises(UsageError, match="no postprocess graph"):
+        FewShotSegmenter.load(old, backend="onnxruntime", postprocess="backend")
+
+
+def _same_masks(got_mask, got_logits, ref_logits, thr=0.0):
+    """Masks equal wherever the host's logits are farther from the threshold than the two paths'
+    logits differ (OpenCV's bilinear rounds source coordinates unlike torch's: < 1e-3 apart)."""
+    margin = float(np.abs(got_logits - ref_logits).max())
+    clear = np.abs(ref_logits - thr) > margin
+    return margin < 2e-3 and bool((got_mask == (ref_logits > thr))[clear].all()) and clear.mean() > 0.9
+
+
+def test_postprocess_modes_give_the_host_masks_and_only_what_is_asked(tiny_engines):
+    """"backend" makes frame masks in the folder's postprocess graph, one call for the concepts of
+    a decoder call; the logits and masks are the host's (up to OpenCV's rounding); without
+    ``return_logits`` only masks come back."""
+    from runtime.sam2.spec import POSTPROCESS
+
+    rng = np.random.default_rng(5)
+    ref = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    masks = {c: np.zeros((300, 420), bool) for c in "ab"}
+    masks["a"][90:200, 100:300] = True
+    masks["b"][10:80, 20:120] = True
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    out, calls = {}, []
+    for mode, logits in (("host", True), ("backend", True), ("backend", False)):
+        with FewShotSegmenter.load(tiny_engines, backend="onnxruntime", postprocess=mode,
+                                   objects_per_call=2, return_logits=logits) as seg:
+            assert (POSTPROCESS in seg.session.runners) == (mode == "backend")
+            if mode == "backend":
+                runner = seg.session.runners[POSTPROCESS]
+                infer = runner.infer
+                runner.infer = lambda feeds: calls.append(feeds["low_res"].shape) or infer(feeds)
+            for c in "ab":
+                seg.add_reference(ref, masks[c], concept=c)
+            out[mode, logits] = seg.segment(frame).concepts
+    assert calls == [(2, 64, 64)] * 2  # one call per frame for both concepts
+    host = out["host", True]
+    for c in "ab":
+        got = out["backend", True][c]
+        assert got.logits.shape == (480, 640) and got.mask.dtype == np.bool_
+        assert _same_masks(got.mask, got.logits, host[c].logits)
+        masks_only = out["backend", False][c]
+        assert masks_only.logits is None and (masks_only.mask == got.mask).all()
+
+
+def test_trackers_and_predictors_postprocess_on_the_backend(stock):
+    """VideoTracker (all objects of a frame in one call) and ImagePredictor (its 3 masks in one)."""
+    frames = _frames(3, size=200, seed=4)
+    res = {}
+    for mode, logits in (("host", True), ("backend", True), ("backend", False)):
+        with VideoTracker.load(stock, backend="onnxruntime", postprocess=mode, return_logits=logits,
+                               objects_per_call=2) as trk:
+            trk.add_prompt(0, 1, frames[0], box=(30, 40, 90, 90))
+            trk.add_prompt(0, 2, frames[0], points=[[150, 150]], labels=[1])
+            res[mode, logits] = list(trk.propagate(frames))
+        if not logits:
+            continue
+        with ImagePredictor.load(stock, backend="onnxruntime", postprocess=mode) as pred:
+            pred.set_image(frames[1])
+            res[mode, "logits"] = pred.predict(points=[[60, 60]], labels=[1], return_logits=True)[0]
+            res[mode, "masks"] = pred.predict(points=[[60, 60]], labels=[1])[0]
+    for host, dev, masks_only in zip(res["host", True], res["backend", True], res["backend", False]):
+        for i in (1, 2):
+            assert dev[i].object_score == host[i].object_score
+            assert _same_masks(dev[i].mask, dev[i].logits, host[i].logits)
+            assert masks_only[i].logits is None and (masks_only[i].mask == dev[i].mask).all()
+    assert res["backend", "logits"].shape == (3, 200, 200) and res["backend", "masks"].dtype == np.bool_
+    assert _same_masks(res["backend", "masks"], res["backend", "logits"], res["host", "logits"])

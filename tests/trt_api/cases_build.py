@@ -50,7 +50,7 @@ def test_every_stage_builds_strongly_typed_from_its_precision_file(gpu, tmp_path
     folder = copy_folder(precision, tmp_path)
     logs = []
     info = build_engines(folder, None, skip=False, log=logs.append)
-    rec, n = gpu, len(folder.runnable_specs)  # the model's stages and the preprocess graph (SAM2 folders)
+    rec, n = gpu, len(folder.runnable_specs)  # the model's stages and the edge graphs (SAM2 folders)
     assert info["built"] and len(info["engines"]) == n and "edge_failures" not in info
     assert rec.network_flags == [STRONGLY_TYPED] * n  # nothing but STRONGLY_TYPED, every stage
     assert rec.config_flags_set == []  # no precision flags: the precision is the ONNX graph's
@@ -73,6 +73,11 @@ def test_every_stage_builds_strongly_typed_from_its_precision_file(gpu, tmp_path
         frame = next(p["frame"] for p in rec.profiles if "frame" in p)
         assert frame == ((16, 16, 3), (1080, 1920, 3), (1920, 1920, 3))
         assert folder.stage("preprocess").engine.file == "preprocess.fp32.engine"
+    if "postprocess" in folder.runnable_specs:  # N objects' logits to frames of 16..1920 px, FP32 always
+        low = next(p["low_res"] for p in rec.profiles if "low_res" in p)
+        assert [s[0] for s in low] == [1, 1, folder.specs["mask_decoder"].axis_ranges["objects"][2]]
+        assert next(p["row_idx"] for p in rec.profiles if "row_idx" in p and "low_res" in p)[2] == (1920, 2)
+        assert folder.stage("postprocess").engine.file == "postprocess.fp32.engine"
     if precision == "int8":
         assert {st.precision for st in folder.manifest.stages.values()} == {"int8", "fp16"}
     assert (folder.path / "timing.cache").read_bytes() == b"timing-cache"
@@ -91,8 +96,8 @@ def test_reuse_needs_a_matching_record(gpu, tmp_path):
     again = ModelFolder.read(folder.path)  # what a rerun sees before building
     logs = []
     build_engines(again, previous, skip=False, log=logs.append)
-    n = len(folder.runnable_specs)  # 4 stages + preprocess
-    assert sum("up to date, reusing" in m for m in logs) == n == 5 and len(gpu.built) == n
+    n = len(folder.runnable_specs)  # 4 stages + preprocess + postprocess
+    assert sum("up to date, reusing" in m for m in logs) == n == 6 and len(gpu.built) == n
     for stage in [*previous.manifest.stages.values(), *previous.manifest.edge_stages.values()]:
         stage.engine.tensorrt_version = "10.0.0.6"
     previous.manifest.stages["mask_decoder"].engine.gpu = {"name": "Orin", "compute_capability": "8.7"}
@@ -119,13 +124,14 @@ def test_a_preprocess_graph_tensorrt_refuses_leaves_the_host_to_resize(gpu, tmp_
     monkeypatch.setattr(trt_build, "build_engine", build)
     logs = []
     info = engines.build_engines(folder, None, skip=False, log=logs.append)
-    assert sorted(info["engines"]) == sorted(folder.specs) and "stand-in refusal" in info["edge_failures"]["preprocess"]
+    assert sorted(info["engines"]) == sorted([*folder.specs, "postprocess"])
+    assert list(info["edge_failures"]) == ["preprocess"] and "stand-in refusal" in info["edge_failures"]["preprocess"]
     assert any("preprocess: engine NOT built" in m and "on the host" in m for m in logs)
     assert folder.stage("preprocess").engine is None and not (folder.path / "preprocess.fp32.engine").exists()
     folder.manifest.tensorrt = info
-    assert edge_stages_to_run(folder, "tensorrt", None, "auto") == {}
+    assert list(edge_stages_to_run(folder, "tensorrt", None)) == ["postprocess"]  # its engine was built
     with pytest.raises(Exception, match="stand-in refusal"):
-        edge_stages_to_run(folder, "tensorrt", None, "backend")
+        edge_stages_to_run(folder, "tensorrt", None, {"preprocess": "backend"})
 
 
 def test_onnx_that_does_not_match_the_spec_is_refused(gpu, tmp_path):

@@ -111,43 +111,50 @@ def _drop_saturating(folder: ModelFolder, stages, strict: bool):
     return [s for s in stages if s not in full]
 
 
-PREPROCESS_MODES = ("auto", "backend", "host")
+EDGE_MODES = ("auto", "backend", "host")
 PREPROCESS_HELP = ("where frames become the model input: backend (the folder's preprocess graph, next to the "
                    "encoder), host (NumPy), auto (backend on TensorRT and ONNX Runtime GPU providers, host "
                    "on the CPU provider, where NumPy is faster)")
+POSTPROCESS_HELP = ("where mask logits become frame-size masks: backend (the folder's postprocess graph, next to "
+                    "the decoder; only the masks asked for come back), host (OpenCV), auto (backend on TensorRT "
+                    "and ONNX Runtime GPU providers, host on the CPU provider, where OpenCV is faster)")
 
 
-def edge_stages_to_run(folder: ModelFolder, backend: str, providers=None, mode: str = "auto") -> Dict[str, StageSpec]:
-    """The folder's edge stages (its preprocess graph) that run on ``backend`` (resolved).
+def edge_stages_to_run(folder: ModelFolder, backend: str, providers=None,
+                       modes: Optional[Mapping[str, str]] = None) -> Dict[str, StageSpec]:
+    """The folder's edge stages (its preprocess / postprocess graphs) that run on ``backend`` (resolved).
 
-    ``mode``: "backend" runs them (an error when the folder has none, or no
-    engine for them on TensorRT); "host" never (the host resizes frames);
-    "auto" runs them on TensorRT and on ONNX Runtime's GPU providers, not on
-    the CPU provider, where NumPy's resize is faster than the graph
-    (bench/reports/frame-budget.md).
+    ``modes``: per edge stage (default "auto"): "backend" runs it (an error
+    when the folder has none, or no engine for it on TensorRT); "host" never
+    (the host does that step); "auto" runs it on TensorRT and on ONNX
+    Runtime's GPU providers, not on the CPU provider, where NumPy / OpenCV
+    are faster than the graphs (bench/reports/frame-budget.md).
     """
-    if mode not in PREPROCESS_MODES:
-        raise UsageError(f"unknown preprocess mode {mode!r}; choose one of {', '.join(PREPROCESS_MODES)}")
+    modes = dict(modes or {})
     edges = folder.manifest.edge_specs
-    if mode == "host":
-        return {}
-    usable = {s: spec for s, spec in edges.items() if backend != "tensorrt" or folder.stage(s).engine}
-    if mode == "backend":
-        if not edges:
-            raise UsageError(f"preprocess='backend' but {str(folder.path)!r} has no preprocess graph (built "
-                             "by an older export.build): rebuild it, or use preprocess='host'")
-        if len(usable) < len(edges):
-            why = folder.manifest.tensorrt.get("edge_failures", {})
-            raise BackendUnavailable(
-                f"preprocess='backend' but the folder has no TensorRT engine for {sorted(set(edges) - set(usable))}"
-                f" ({why or 'not built'}); use preprocess='host' (or 'auto')")
-        return usable
+    cpu = False
     if backend == "onnxruntime":
         from runtime.core.backends.onnxruntime import cpu_provider_only
 
-        if cpu_provider_only(providers):
-            return {}
-    return usable
+        cpu = cpu_provider_only(providers)
+    out = {}
+    for name in dict.fromkeys([*edges, *modes]):
+        mode = modes.get(name, "auto")
+        if mode not in EDGE_MODES:
+            raise UsageError(f"unknown {name} mode {mode!r}; choose one of {', '.join(EDGE_MODES)}")
+        spec = edges.get(name)
+        usable = spec is not None and (backend != "tensorrt" or folder.stage(name).engine)
+        if mode == "backend":
+            if spec is None:
+                raise UsageError(f"{name}='backend' but {str(folder.path)!r} has no {name} graph (built by "
+                                 f"an older export.build): rebuild it, or use {name}='host'")
+            if not usable:
+                why = folder.manifest.tensorrt.get("edge_failures", {}).get(name)
+                raise BackendUnavailable(f"{name}='backend' but the folder has no TensorRT engine for it "
+                                         f"({why or 'not built'}); use {name}='host' (or 'auto')")
+        if usable and (mode == "backend" or (mode == "auto" and not cpu)):
+            out[name] = spec
+    return out
 
 
 def open_runners(folder: ModelFolder, specs: Mapping[str, StageSpec], backend: str = "auto",
@@ -197,5 +204,5 @@ def close_runners(runners: Mapping[str, StageRunner]) -> None:
 
 
 __all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "CPU_INT8_HELP", "CPU_INT8_MODES", "StageRunner",
-           "PREPROCESS_HELP", "PREPROCESS_MODES", "edge_stages_to_run", "onnx_variants", "open_runners",
+           "EDGE_MODES", "POSTPROCESS_HELP", "PREPROCESS_HELP", "edge_stages_to_run", "onnx_variants", "open_runners",
            "resolve_backend"]

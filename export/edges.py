@@ -1,0 +1,194 @@
+"""The edge graphs of SAM2 folders: a uint8 frame -> the encoder's input, low-res logits -> frame masks.
+
+Both resizes are, for one frame size, fixed separable linear maps with a few
+taps per output pixel and axis (:func:`runtime.core.resize.filter_taps`). The
+graphs take those taps as inputs (the runtime computes them once per frame
+size), so one graph serves every frame size in its profile.
+
+*preprocess* (the antialiased bilinear resize of
+:func:`runtime.sam2.inputs.image_to_model_input`)::
+
+    frame [H,W,3] uint8 -Cast-> Transpose [3,H,W] -Gather(col_idx, axis 2)-> [3,H,S,Kw]
+      * col_w, ReduceSum(-1) -> [3,H,S] -Transpose-> [3,S,H] -Gather(row_idx, axis 2)-> [3,S,S,Kh]
+      * row_w, ReduceSum(-1) -> [3,S(w),S(h)] / 255 -Transpose-> image [1,3,S,S]
+
+*postprocess* (plain bilinear, two taps per axis, as sam2's
+``postprocess_masks``; each tap a Gather of its own so no tensor is larger
+than the output)::
+
+    low_res [N,s,s] -Gather(col_idx[:,k], axis 2) * col_w[:,k], summed over k-> [N,s,W]
+      -Gather(row_idx[:,k], axis 1) * row_w[:,k,None], summed over k-> logits [N,H,W]
+      -Greater(threshold)-> mask [N,H,W] bool
+
+Only Cast, Transpose, Gather, Mul, Add, ReduceSum, Unsqueeze and Greater: no
+GEMM, so no TF32 on TensorRT, and every product of the reference is computed
+in FP32 as in NumPy (width first, then height, as the references do). The
+graphs are written with ``onnx.helper`` (no PyTorch) and verified in ONNX
+Runtime against their NumPy reference before they are recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from runtime.core.compare import EDGE_PARITY, compare_outputs, mask_iou, worst
+from runtime.core.fileio import atomic_path, sha256_file
+from runtime.core.folder import FileRecord, StageRecord, onnx_name
+from runtime.core.resize import resize_bilinear
+from runtime.core.spec import StageSpec
+from runtime.sam2.inputs import image_to_model_input, postprocess_feeds, preprocess_feeds
+from runtime.sam2.spec import POSTPROCESS, PREPROCESS
+
+OPSET = 17
+_ONNX_TYPES = {"uint8": TensorProto.UINT8, "int32": TensorProto.INT32, "float32": TensorProto.FLOAT,
+               "bool": TensorProto.BOOL}
+node = helper.make_node
+
+
+def _ints(name: str, values) -> onnx.TensorProto:
+    return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+
+def _model(spec: StageSpec, nodes, consts) -> onnx.ModelProto:
+    def info(t):
+        return helper.make_tensor_value_info(t.name, _ONNX_TYPES[t.dtype], list(t.shape))
+
+    graph = helper.make_graph(nodes, spec.name, [info(t) for t in spec.inputs],
+                              [info(t) for t in spec.outputs], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name=f"sam2-edge export.edges ({spec.name})")
+    model.ir_version = 8  # what ONNX Runtime >= 1.14 and TensorRT 10's parser read
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def preprocess_graph(spec: StageSpec) -> onnx.ModelProto:
+    """The checked ONNX model of ``spec`` (:func:`runtime.sam2.spec.preprocess_spec`)."""
+    nodes = [
+        node("Cast", ["frame"], ["frame_f"], to=TensorProto.FLOAT),
+        node("Transpose", ["frame_f"], ["chw"], perm=[2, 0, 1]),
+        node("Gather", ["chw", "col_idx"], ["cols"], axis=2),            # [3,H,S,Kw]
+        node("Mul", ["cols", "col_w"], ["cols_w"]),
+        node("ReduceSum", ["cols_w", "last"], ["wide"], keepdims=0),     # [3,H,S]
+        node("Transpose", ["wide"], ["wide_t"], perm=[0, 2, 1]),          # [3,S,H]
+        node("Gather", ["wide_t", "row_idx"], ["rows"], axis=2),         # [3,S,S,Kh]
+        node("Mul", ["rows", "row_w"], ["rows_w"]),
+        node("ReduceSum", ["rows_w", "last"], ["both"], keepdims=0),     # [3,S(w),S(h)]
+        node("Mul", ["both", "inv255"], ["scaled"]),
+        node("Transpose", ["scaled"], ["chw_out"], perm=[0, 2, 1]),       # [3,S(h),S(w)]
+        node("Unsqueeze", ["chw_out", "first"], ["image"]),
+    ]
+    consts = [_ints("last", [-1]), _ints("first", [0]),
+              helper.make_tensor("inv255", TensorProto.FLOAT, [], [np.float32(1.0) / np.float32(255.0)])]
+    return _model(spec, nodes, consts)
+
+
+def postprocess_graph(spec: StageSpec) -> onnx.ModelProto:
+    """The checked ONNX model of ``spec`` (:func:`runtime.sam2.spec.postprocess_spec`)."""
+    nodes = []
+    for axis, src, gather_axis, out in (("col", "low_res", 2, "wide"), ("row", "wide", 1, "logits")):
+        terms = []
+        for k in (0, 1):
+            t = f"{axis}{k}"
+            nodes += [node("Gather", [f"{axis}_idx", f"k{k}"], [f"{t}_idx"], axis=1),   # [W] / [H]
+                      node("Gather", [f"{axis}_w", f"k{k}"], [f"{t}_w1"], axis=1),
+                      node("Gather", [src, f"{t}_idx"], [f"{t}_px"], axis=gather_axis)]  # [N,s,W] / [N,H,W]
+            if axis == "row":  # a weight per row: [H] -> [H,1]
+                nodes.append(node("Unsqueeze", [f"{t}_w1", "last"], [f"{t}_w"]))
+            else:
+                nodes.append(node("Identity", [f"{t}_w1"], [f"{t}_w"]))
+            nodes.append(node("Mul", [f"{t}_px", f"{t}_w"], [f"{t}_term"]))
+            terms.append(f"{t}_term")
+        nodes.append(node("Add", terms, [out]))
+    nodes.append(node("Greater", ["logits", "threshold"], ["mask"]))
+    consts = [_ints("last", [-1]), helper.make_tensor("k0", TensorProto.INT64, [], [0]),
+              helper.make_tensor("k1", TensorProto.INT64, [], [1])]
+    return _model(spec, nodes, consts)
+
+
+GRAPHS: Dict[str, Callable[[StageSpec], onnx.ModelProto]] = {
+    PREPROCESS: preprocess_graph, POSTPROCESS: postprocess_graph}
+
+
+def parity_frames(spec: StageSpec, size: int) -> List[Tuple[int, int]]:
+    """Frame sizes a graph is verified at: 480p, 720p, 1080p, square at the model size ``size``,
+    the range's ends, and one mixed (shrinking one axis, growing the other)."""
+    lo, _, hi = spec.axis_ranges["frame_h"]
+    sizes = [(480, 640), (720, 1280), (1080, 1920), (size, size), (lo, lo), (hi, max(lo, hi // 2)), (300, 2 * size)]
+    return [(min(max(h, lo), hi), min(max(w, lo), hi)) for h, w in dict.fromkeys(sizes)]
+
+
+def _preprocess_cases(spec: StageSpec, run, rng) -> List[Dict[str, object]]:
+    s = spec.outputs[0].shape[-1]
+    cases = []
+    for h, w in parity_frames(spec, s):
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ref = image_to_model_input(frame.astype(np.float32) / np.float32(255.0), s)
+        got = run(["image"], preprocess_feeds(frame, s))[0]
+        cases.append({"frame": [h, w], **compare_outputs({"image": got}, {"image": ref})["image"]})
+    return cases
+
+
+def _postprocess_cases(spec: StageSpec, run, rng) -> List[Dict[str, object]]:
+    low = spec.input("low_res").shape[-1]
+    n = min(2, spec.axis_ranges["objects"][2])
+    cases = []
+    for h, w in parity_frames(spec, 4 * low):
+        x = (rng.standard_normal((n, low, low)) * 8).astype(np.float32)  # logits of sam2's spread
+        thr = float(rng.uniform(-1, 1))
+        ref = np.stack([resize_bilinear(m, (h, w)) for m in x])
+        logits, mask = run(["logits", "mask"], postprocess_feeds(x, (h, w), thr))
+        cases.append({"frame": [h, w], **compare_outputs({"logits": logits}, {"logits": ref})["logits"],
+                      "mask_iou": mask_iou(mask, ref > thr), "mask_is_logits_above": bool((mask == (logits > thr)).all())})
+    return cases
+
+
+def check_edge(spec: StageSpec, model: bytes, seed: int = 0) -> Dict[str, object]:
+    """The graph in ONNX Runtime vs its NumPy reference (:func:`image_to_model_input`, or
+    :func:`resize_bilinear` and the threshold) on random inputs at :func:`parity_frames` sizes:
+    worst figures, the FP32 gate, ``passed``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    if spec.name == PREPROCESS:
+        cases, ref = _preprocess_cases(spec, sess.run, rng), "runtime.sam2.inputs.image_to_model_input"
+    else:
+        cases, ref = _postprocess_cases(spec, sess.run, rng), "runtime.core.resize.resize_bilinear, then > threshold"
+    figures = worst(cases)
+    passed = not EDGE_PARITY.failures(figures)
+    if spec.name == POSTPROCESS:
+        figures["mask_iou"] = min(c["mask_iou"] for c in cases)
+        passed = passed and all(c["mask_is_logits_above"] for c in cases) and figures["mask_iou"] >= 1 - 1e-4
+    return {**figures, "gate": EDGE_PARITY.as_dict(), "passed": passed,
+            "reference": f"{ref} (NumPy, torch's bilinear formulas)", "cases": cases}
+
+
+def export_edge(spec: StageSpec, folder: Path, previous: Optional[StageRecord],
+                log: Callable[[str], None]) -> StageRecord:
+    """Write ``folder/<edge stage>.onnx`` (atomically) and verify it; its stage record (FP32 only).
+    ``previous`` (the record of an earlier build) is reused while the file on disk is this graph."""
+    path = Path(folder) / onnx_name(spec.name)
+    data = GRAPHS[spec.name](spec).SerializeToString()
+    prev = previous.files.get("fp32") if previous else None
+    tag = f"[{spec.name}]"
+    if (prev and previous.parity.get("passed") and path.is_file()
+            and sha256_file(path) == prev.sha256 == hashlib.sha256(data).hexdigest()):
+        log(f"{tag} up to date, reusing {path.name}")
+        return StageRecord({"fp32": prev}, parity=previous.parity)
+    parity = check_edge(spec, data)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    lo, _, hi = spec.axis_ranges["frame_w"]
+    what = ("a uint8 frame -> the model input" if spec.name == PREPROCESS
+            else "low-res logits -> frame-size logits and masks")
+    log(f"{tag} {path.name}: frames {lo}..{hi} px per side, {what}, on the backend; "
+        f"rel L2 {parity['rel_l2']:.1e} vs the NumPy reference (gate {EDGE_PARITY.max_rel_l2:.0e}) "
+        f"{'ok' if parity['passed'] else 'FAILED'}")
+    return StageRecord({"fp32": FileRecord(path.name, sha256_file(path))}, parity=parity)
