@@ -20,8 +20,11 @@ one run:
   masks at each size, against the previous drawing (boolean-indexed blend +
   ``findContours``/``drawContours``, reproduced here as the baseline);
 - **host memory per ONNX Runtime memory mode** (``arena`` / ``shared`` /
-  ``off``): a fresh process each, ``--refs`` references added, then frames
-  segmented; peak RSS and the steady frame time.
+  ``off``) and per file set (``cpu-fused``: the image encoder and memory
+  attention from their fused-attention files, what ONNX Runtime's CPU
+  provider runs by default; ``fp32``: every stage from its FP32 file): a
+  fresh process each, ``--refs`` references added, then frames segmented;
+  peak RSS and the steady frame time.
 
 Writes ``OUT.json`` and ``OUT.md``. Torch-free.
 """
@@ -43,6 +46,7 @@ from bench.throughput import BenchError, _machine, _versions, frame_sizes, summa
 from runtime.sam2.spec import EDGE_STAGES
 
 MEMORY_MODES = ("arena", "shared", "off")
+FILE_SETS = ("cpu-fused", "fp32")  # the folder's default CPU files, or its FP32 files only
 # Where the edge graphs run, per variant (FewShotSegmenter.load options).
 VARIANTS = {"host": {"preprocess": "host", "postprocess": "host"},
             "pre": {"preprocess": "backend", "postprocess": "host"},
@@ -57,9 +61,13 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--refs", type=int, default=5, help="references in the memory runs")
     p.add_argument("--memory", default=",".join(MEMORY_MODES), help="ONNX Runtime memory modes to measure")
+    p.add_argument("--files", default=",".join(FILE_SETS),
+                   help="file sets of the memory runs: cpu-fused (the CPU provider's default: fused attention "
+                        "where the folder has it), fp32 (every stage from its FP32 file)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output path without suffix")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory-files", default="cpu-fused", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -124,15 +132,21 @@ def overlay_times(hw, iterations: int) -> Dict[str, dict]:
     return out
 
 
-def memory_child(folder: Path, mode: str, refs: int, iterations: int, threads: int) -> dict:
-    """In a fresh process: load with ``memory=mode``, add ``refs`` references, segment frames."""
+def memory_child(folder: Path, mode: str, refs: int, iterations: int, threads: int, files: str = "cpu-fused") -> dict:
+    """In a fresh process: open with ``memory=mode`` and the ``files`` set, add ``refs`` references,
+    segment frames."""
     from bench.rss import RssSampler, rss_reader
+    from runtime.core.folder import ModelFolder
+    from runtime.core.session import EngineSession
     from runtime.sam2.fewshot import FewShotSegmenter
 
     rss = rss_reader()
+    variants = {s: "fp32" for s in ModelFolder.open(folder).specs} if files == "fp32" else None
     # Sampled, not ru_maxrss: on Linux a child's ru_maxrss starts from the parent's RSS at fork.
     with RssSampler() as peak:
-        seg = FewShotSegmenter.load(folder, backend="onnxruntime", threads=threads, memory=mode)
+        session = EngineSession.open(folder, product="FewShotSegmenter", backend="onnxruntime", threads=threads,
+                                     providers=["CPUExecutionProvider"], memory=mode, variants=variants)
+        seg = FewShotSegmenter(session)
         size = seg.size
         for i in range(refs):
             img, mask, _ = scene((size, size), seed=i + 1)
@@ -144,8 +158,11 @@ def memory_child(folder: Path, mode: str, refs: int, iterations: int, threads: i
             t = time.perf_counter()
             seg.segment(frame)
             times.append(time.perf_counter() - t)
-    return {"mode": mode, "refs": refs, "rss_mb": rss() / 2 ** 20, "peak_rss_mb": peak.peak_mb,
-            "frame": summarize(times)}
+        steady = rss() / 2 ** 20  # the session open, its references held
+        stage_files = session.stage_files
+        session.close()
+    return {"mode": mode, "files": files, "stage_files": stage_files, "refs": refs, "rss_mb": steady,
+            "peak_rss_mb": peak.peak_mb, "frame": summarize(times)}
 
 
 def run(args) -> dict:
@@ -155,9 +172,11 @@ def run(args) -> dict:
 
     sizes = frame_sizes(args.sizes, "--sizes")
     modes = [m for m in args.memory.split(",") if m]
-    bad = [m for m in modes if m not in MEMORY_MODES]
+    file_sets = [f for f in args.files.split(",") if f]
+    bad = [m for m in modes if m not in MEMORY_MODES] + [f for f in file_sets if f not in FILE_SETS]
     if bad or args.iterations < 1 or args.refs < 1:
-        raise BenchError(f"--memory takes {', '.join(MEMORY_MODES)}; --iterations and --refs must be >= 1")
+        raise BenchError(f"--memory takes {', '.join(MEMORY_MODES)}, --files {', '.join(FILE_SETS)}; "
+                         "--iterations and --refs must be >= 1")
     segs = {}
     for name, options in VARIANTS.items():
         segs[name] = FewShotSegmenter.load(args.model_dir, backend="onnxruntime", threads=args.threads, **options)
@@ -183,15 +202,17 @@ def run(args) -> dict:
         s.close()
     overlay = {f"{hw[1]}x{hw[0]}": overlay_times(hw, max(args.iterations, 10)) for hw in sizes}
     memory = []
-    for mode in modes:
-        cmd = [sys.executable, "-m", "bench.frame_budget", "--model-dir", str(args.model_dir), "--out", "-",
-               "--memory-child", mode, "--refs", str(args.refs), "--iterations", str(args.iterations),
-               "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BenchError(f"memory run {mode!r} failed: {proc.stderr[-2000:]}")
-        memory.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"[memory] {mode}: peak RSS {memory[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    for files in file_sets:
+        for mode in modes:
+            cmd = [sys.executable, "-m", "bench.frame_budget", "--model-dir", str(args.model_dir), "--out", "-",
+                   "--memory-child", mode, "--memory-files", files, "--refs", str(args.refs),
+                   "--iterations", str(args.iterations), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BenchError(f"memory run {mode!r} ({files} files) failed: {proc.stderr[-2000:]}")
+            memory.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"[memory] {mode}, {files} files: peak RSS {memory[-1]['peak_rss_mb']:.0f} MB, "
+                  f"frame {memory[-1]['frame']['median'] * 1e3:.0f} ms", flush=True)
     return {"command": "python -m bench.frame_budget " + " ".join(shlex.quote(a) for a in args.argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": _machine(), "versions": _versions(),
             "folder": str(args.model_dir), "image_size": seg.size, "host": host, "overlay": overlay,
@@ -225,10 +246,14 @@ def markdown(rec: dict) -> str:
     for k, v in rec["overlay"].items():
         lines.append(f"| {k} | {_ms(v['smooth before'])} | {_ms(v['smooth after'])} | "
                      f"{_ms(v['noisy before'])} | {_ms(v['noisy after'])} |")
-    lines += ["", "## Host memory per ONNX Runtime memory mode (fresh process each)", "",
-              "| mode | references | peak RSS MB | RSS after MB | 1280x720 frame ms |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "## Host memory per ONNX Runtime memory mode and file set (fresh process each)", "",
+              "cpu-fused: the image encoder and memory attention from their fused-attention files (the CPU "
+              "provider's default); fp32: every stage from its FP32 file.", "",
+              "| mode | files | references | peak RSS MB | RSS after MB | 1280x720 frame ms |",
+              "|---|---|---:|---:|---:|---:|"]
     for m in rec["memory"]:
-        lines.append(f"| {m['mode']} | {m['refs']} | {m['peak_rss_mb']:.0f} | {m['rss_mb']:.0f} | {_ms(m['frame'])} |")
+        lines.append(f"| {m['mode']} | {m.get('files', 'fp32')} | {m['refs']} | {m['peak_rss_mb']:.0f} | "
+                     f"{m['rss_mb']:.0f} | {_ms(m['frame'])} |")
     lines += ["", f"Command: `{rec['command']}`", ""]
     return "\n".join(lines)
 
@@ -241,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = argv
     if args.memory_child:
         print(json.dumps(memory_child(args.model_dir, args.memory_child, args.refs, args.iterations,
-                                      args.threads)))
+                                      args.threads, args.memory_files)))
         return 0
     return run_report(args, run, markdown)
 

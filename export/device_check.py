@@ -6,7 +6,9 @@ It builds hiera-tiny folders at 256 px from seeded random weights (a few-shot
 folder per ``--precisions``, a stock SAM2 folder per ``--stock-precisions``)
 with ``python -m export.build``, TensorRT engines included, then runs the same
 inputs through backend ``tensorrt`` and through ONNX Runtime's CPU provider on
-the folder's FP32 files:
+the folder's FP32 files (those with fused attention where the folder has
+``cpu-fused`` files, as that provider runs them: within rel. L2 1e-5 of the
+FP32 ones):
 
 - few-shot folders: ``FewShotSegmenter`` on synthetic episodes (references
   with masks, targets);

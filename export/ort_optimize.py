@@ -9,17 +9,23 @@ Two passes (:data:`PASSES`, run by :func:`optimize_for_ort` and the CLI):
   Hiera's bicubic position-embedding ``Resize`` and every SDPA ``1/sqrt(d)``
   scale run on every call. ``export.build`` applies it to every SAM2 stage it
   exports (``--plain-export`` leaves it out, for before/after benchmarks).
-- ``fuse`` (:func:`fuse_attention`, opt-in): each ``MatMul -> Softmax ->
-  MatMul`` chain (with the SDPA scales and the key transpose) becomes one
+- ``fuse`` (:func:`fuse_attention`): each ``MatMul -> Softmax -> MatMul``
+  chain (with the SDPA scales and the key transpose) becomes one
   ``com.microsoft.MultiHeadAttention``, whose CPU kernel computes attention
   block-wise without the score matrix; outputs stay within relative L2 1e-5.
-  Attention whose scores get a key bias (memory attention's cross-attention,
-  which masks padded memories) is left as it is and reported as skipped.
-  It measured slower on the project's CPUs, so it is opt-in.
+  Scores with a key bias (memory attention's cross-attention, whose padding
+  is masked by ``[B,1,1,T]`` biases) become one more query / key feature
+  (``q' = [q, 1]``, ``k' = [k, bias / scale]``): with a mask input the CPU
+  kernel would keep the ``[B,S,T]`` scores. ``export.build`` writes the
+  result as the ``cpu-fused`` variant of the image encoder and memory
+  attention (:func:`export_cpu_fused`), which ONNX Runtime's CPU provider
+  runs by default: at 1024 px it cut the process's peak RSS at 5 references
+  by about half at no loss of speed (``bench/reports/frame-budget.md``).
+  The FP32 files stay standard ONNX for TensorRT and the other providers.
 
 The profiles these passes came from (per-op shares of each stage, the GEMM
-rates against the matmul peak, the fused-attention experiment and why it
-stays opt-in) are in ``bench/reports/ort-graph-profiles.md``.
+rates against the matmul peak, the first fused-attention experiment) are in
+``bench/reports/ort-graph-profiles.md``.
 
 Usage::
 
@@ -104,7 +110,8 @@ def _static_shape(vi_map, name) -> Optional[List[Optional[int]]]:
 
 
 def _find_attention(g: _Graph):
-    """Yield matches of ``MatMul(q*s, Transpose(k)*s) -> Softmax(-1) -> MatMul(., v)``."""
+    """Yield matches of ``MatMul(q*s, Transpose(k)*s) [+ key bias] -> Softmax(-1) -> MatMul(., v)``;
+    ``bias`` is the added key bias (memory attention's padding mask) or None."""
     for sm in list(g.g.node):
         if sm.op_type != "Softmax":
             continue
@@ -113,10 +120,13 @@ def _find_attention(g: _Graph):
             continue
         mm1 = g.producer.get(sm.input[0])
         cons = g.consumers.get(sm.output[0], [])
-        if mm1 is not None and mm1.op_type == "Add" and any(
-                getattr(g.producer.get(i), "op_type", None) == "MatMul" for i in mm1.input):
-            yield {"softmax": sm, "masked": True}  # scores + a key bias (memory attention's padding)
-            continue
+        bias = None
+        if mm1 is not None and mm1.op_type == "Add":
+            scores = [i for i in mm1.input if getattr(g.producer.get(i), "op_type", None) == "MatMul"]
+            if len(scores) != 1 or len(g.consumers.get(mm1.output[0], [])) != 1:
+                continue
+            bias = next(i for i in mm1.input if i != scores[0])
+            mm1 = g.producer[scores[0]]
         if mm1 is None or mm1.op_type != "MatMul" or len(cons) != 1:
             continue
         mm2 = cons[0]
@@ -127,13 +137,42 @@ def _find_attention(g: _Graph):
         q, sq, mq = _strip_scale(g, mm1.input[0])
         kt, sk, mk = _strip_scale(g, mm1.input[1])
         tr = g.producer.get(kt)
-        if tr is None or tr.op_type != "Transpose":
-            continue
-        perm = next((list(helper.get_attribute_value(a)) for a in tr.attribute if a.name == "perm"), None)
-        if perm != [0, 1, 3, 2]:
-            continue
-        yield {"softmax": sm, "mm1": mm1, "mm2": mm2, "q": q, "k": tr.input[0], "v": mm2.input[1],
-               "q_scale": sq, "k_scale": sk, "scaled": mq is not None or mk is not None}
+        perm = None if tr is None or tr.op_type != "Transpose" else next(
+            (list(helper.get_attribute_value(a)) for a in tr.attribute if a.name == "perm"), None)
+        # keys as [B,H,T,d]: the transpose's input where it only swaps the last two axes (sam2's
+        # memory attention), else the transposed keys [B,H,d,T] brought back (Hiera's attention)
+        k = tr.input[0] if perm == [0, 1, 3, 2] else {"transposed": kt}
+        yield {"softmax": sm, "mm1": mm1, "mm2": mm2, "q": q, "k": k, "v": mm2.input[1],
+               "q_scale": sq, "k_scale": sk, "scaled": mq is not None or mk is not None, "bias": bias}
+
+
+def _bias_as_feature(model: onnx.ModelProto, p: str, flat: Dict[str, str], bias: str, scale: float
+                     ) -> List[onnx.NodeProto]:
+    """A key bias ``[B,1,1,T]`` as one more feature of single-head queries and keys: ``q' = [q, 1]``,
+    ``k' = [k, bias / scale]``, so ``scale * q'.k' = scale * q.k + bias`` and MultiHeadAttention
+    needs no mask input (with one, ONNX Runtime's CPU kernel keeps the [B,S,T] scores; without,
+    it attends block-wise). Rewires ``flat["q"]`` / ``flat["k"]`` to the widened tensors."""
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array([0, -1, 1], np.int64), p + "/bias_shape"),
+        numpy_helper.from_array(np.array([0], np.int64), p + "/zero"),
+        numpy_helper.from_array(np.array([2], np.int64), p + "/two"),
+        numpy_helper.from_array(np.array([1], np.int64), p + "/one"),
+        numpy_helper.from_array(np.array(1.0 / scale, np.float32), p + "/inv_scale"),
+    ])
+    n = helper.make_node
+    nodes = [
+        n("Reshape", [bias, p + "/bias_shape"], [p + "/bias_bt1"], name=p + "/bias_bt1"),
+        n("Mul", [p + "/bias_bt1", p + "/inv_scale"], [p + "/bias_feature"], name=p + "/bias_feature"),
+        n("Concat", [flat["k"], p + "/bias_feature"], [p + "/k_wide"], axis=-1, name=p + "/k_wide"),
+        n("Shape", [flat["q"]], [p + "/q_shape"], name=p + "/q_shape"),
+        n("Slice", [p + "/q_shape", p + "/zero", p + "/two"], [p + "/q_bs"], name=p + "/q_bs"),
+        n("Concat", [p + "/q_bs", p + "/one"], [p + "/ones_shape"], axis=0, name=p + "/ones_shape"),
+        n("ConstantOfShape", [p + "/ones_shape"], [p + "/ones"], name=p + "/ones",
+          value=numpy_helper.from_array(np.array([1.0], np.float32))),
+        n("Concat", [flat["q"], p + "/ones"], [p + "/q_wide"], axis=-1, name=p + "/q_wide"),
+    ]
+    flat["q"], flat["k"] = p + "/q_wide", p + "/k_wide"
+    return nodes
 
 
 def _outer_refs(graph: onnx.GraphProto) -> List[str]:
@@ -202,15 +241,15 @@ def fuse_attention(model: onnx.ModelProto) -> Dict[str, object]:
     fused, skipped = [], []
     new_nodes: Dict[int, List[onnx.NodeProto]] = {}
     for i, m in enumerate(matches):
-        if m.get("masked"):
-            skipped.append({"node": m["softmax"].name, "why": "scores plus a key bias (padding mask): "
-                            "MultiHeadAttention would need it as a full [B,H,S,T] bias"})
-            continue
         qs = _static_shape(vi_map, m["q"])
         if not qs or len(qs) != 4 or qs[1] is None or qs[3] is None:
             skipped.append({"node": m["softmax"].name, "why": "query is not [B,H,N,d] with static H, d"})
             continue
         heads, d = int(qs[1]), int(qs[3])
+        bs = _static_shape(vi_map, m["bias"]) if m["bias"] else None
+        if m["bias"] and (heads != 1 or not bs or len(bs) != 4 or bs[1:3] != [1, 1]):
+            skipped.append({"node": m["softmax"].name, "why": "a key bias other than [B,1,1,T] on one head"})
+            continue
         if m["scaled"]:
             if m["q_scale"] is not None and m["k_scale"] is not None:
                 scale = m["q_scale"] * m["k_scale"]
@@ -229,9 +268,14 @@ def fuse_attention(model: onnx.ModelProto) -> Dict[str, object]:
         flat = {}
         for role in ("q", "k", "v"):
             t = f"{p}/{role}_bsnh"
-            nodes.append(helper.make_node("Transpose", [m[role]], [t], perm=[0, 2, 1, 3], name=t))
+            if isinstance(m[role], dict):  # [B,H,d,T] -> [B,T,H,d]
+                nodes.append(helper.make_node("Transpose", [m[role]["transposed"]], [t], perm=[0, 3, 1, 2], name=t))
+            else:  # [B,H,N,d] -> [B,N,H,d]
+                nodes.append(helper.make_node("Transpose", [m[role]], [t], perm=[0, 2, 1, 3], name=t))
             flat[role] = f"{p}/{role}_3d"
             nodes.append(helper.make_node("Reshape", [t, shp3], [flat[role]], name=flat[role]))
+        if m["bias"]:
+            nodes += _bias_as_feature(model, p, flat, m["bias"], scale)
         o3 = p + "/out_3d"
         nodes.append(helper.make_node("MultiHeadAttention", [flat["q"], flat["k"], flat["v"]], [o3],
                                       domain=MS_DOMAIN, num_heads=heads, scale=float(scale),
@@ -241,7 +285,8 @@ def fuse_attention(model: onnx.ModelProto) -> Dict[str, object]:
         nodes.append(helper.make_node("Transpose", [o4], [m["mm2"].output[0]], perm=[0, 2, 1, 3],
                                       name=p + "/out_bhsd"))
         new_nodes[id(m["mm2"])] = nodes
-        fused.append({"node": m["softmax"].name, "heads": heads, "head_dim": d, "scale": scale})
+        fused.append({"node": m["softmax"].name, "heads": heads, "head_dim": d, "scale": scale,
+                      "key_bias": bool(m["bias"])})
     if new_nodes:
         out_nodes = []
         for n in model.graph.node:
@@ -408,6 +453,64 @@ def _fold_round(model: onnx.ModelProto, max_bytes: int) -> Dict[str, object]:
 
 
 PASSES = {"fold": fold_constants, "fuse": fuse_attention}
+CPU_FUSED_STAGES = ("image_encoder", "memory_attention")  # the stages with attention worth fusing
+
+
+class _GateFailed(Exception):
+    """The fused file missed its gate: it is not put under its name."""
+
+
+def export_cpu_fused(folder, stage: str, cases: Sequence[Dict[str, int]], previous=None,
+                     log=print) -> Optional[dict]:
+    """Write ``<stage>.cpu-fused.onnx`` (atomically) beside the stage's FP32 file: the same graph with
+    every attention fused (:func:`fuse_attention`), for ONNX Runtime's CPU provider, where it
+    attends block-wise instead of holding the score matrices (``bench/reports/frame-budget.md``).
+
+    Verified against the FP32 file on ``cases`` (axis settings; several objects with padding)
+    at :data:`runtime.core.compare.FP32_PARITY`. Records the file as the stage's ``cpu-fused``
+    variant with its figures in ``measured["cpu-fused"]`` and returns those; None where nothing
+    fused or the gate failed (then the FP32 file serves the CPU). ``previous``: the stage's record
+    of an earlier build, reused while both files are unchanged.
+    """
+    from runtime.core.compare import FP32_PARITY
+    from runtime.core.fileio import atomic_path, sha256_file
+    from runtime.core.folder import FileRecord, onnx_name
+
+    rec = folder.manifest.stages[stage]
+    src = folder.path / rec.files["fp32"].file
+    path = folder.path / onnx_name(stage, "cpu-fused")
+    old = previous.files.get("cpu-fused") if previous else None
+    if (old and previous.files["fp32"].sha256 == rec.files["fp32"].sha256 and path.is_file()
+            and sha256_file(path) == old.sha256 and previous.measured.get("cpu-fused")):
+        rec.files["cpu-fused"], rec.measured["cpu-fused"] = old, previous.measured["cpu-fused"]
+        log(f"[cpu-fused] {stage}: up to date, reusing {path.name}")
+        return rec.measured["cpu-fused"]
+    model = onnx.load(os.fspath(src))
+    report = fuse_attention(model)
+    if not report["fused_attention"]:
+        log(f"[cpu-fused] {stage}: no attention to fuse; the FP32 file serves ONNX Runtime's CPU provider")
+        path.unlink(missing_ok=True)
+        return None
+    figures = {"gate": FP32_PARITY.as_dict(), "fused_attention": report["fused_attention"],
+               "key_bias": sum(a["key_bias"] for a in report["attention"]), "cases": list(cases)}
+    try:
+        with atomic_path(path) as tmp:  # under its name only once verified
+            onnx.save(model, os.fspath(tmp))
+            figures["rel_l2"] = max(verify(src, tmp, stage, axes) for axes in cases)
+            figures["passed"] = figures["rel_l2"] <= FP32_PARITY.max_rel_l2
+            if not figures["passed"]:
+                raise _GateFailed
+    except _GateFailed:
+        pass
+    ok = "ok" if figures["passed"] else "FAILED: the FP32 file serves ONNX Runtime's CPU provider"
+    log(f"[cpu-fused] {stage}: {report['fused_attention']} attention blocks fused for ONNX Runtime's CPU "
+        f"provider, rel L2 {figures['rel_l2']:.1e} vs the FP32 file (gate {FP32_PARITY.max_rel_l2:.0e}) {ok}")
+    if not figures["passed"]:
+        path.unlink(missing_ok=True)  # an earlier build's file, for another FP32 graph
+        return None
+    rec.files["cpu-fused"] = FileRecord(path.name, sha256_file(path))
+    rec.measured["cpu-fused"] = figures
+    return figures
 
 
 def optimize_for_ort(onnx_path: str | os.PathLike, out_path: str | os.PathLike, stage: str,
@@ -416,7 +519,7 @@ def optimize_for_ort(onnx_path: str | os.PathLike, out_path: str | os.PathLike, 
 
     ``stage`` names the sub-network (``runtime.sam2.spec.STAGES``); ``passes`` run
     in order, from :data:`PASSES`: ``fold`` (:func:`fold_constants`, exact)
-    and ``fuse`` (:func:`fuse_attention`, measured slower on the CPU).
+    and ``fuse`` (:func:`fuse_attention`, within rel. L2 1e-5).
     Returns ``stage``, ``nodes_before``/``nodes_after``, ``source``,
     ``output`` and each pass's own report under its name.
     """
@@ -462,6 +565,9 @@ def verify(original: str | os.PathLike, optimized: str | os.PathLike, stage: str
     spec = stage_specs(size)[stage]
     axes = {**{k: v[1] for k, v in spec.axis_ranges.items()}, **(axes or {})}
     feeds = example_feeds(spec, axes, seed)
+    for valid in ("mem_valid", "ptr_valid"):  # several objects: the first one's last entry is padding
+        if valid in feeds and feeds[valid].shape[0] > 1 and feeds[valid].shape[1] > 1:
+            feeds[valid][0, -1] = 0.0
     s1 = ort_session(optimized, threads)
     names = list(spec.output_names)
     a = s0.run(names, feeds)

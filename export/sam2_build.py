@@ -19,7 +19,7 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -191,6 +191,8 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     else:
         del model, nets  # the PyTorch model is done with: calibration needs the memory (1024 px: <= 6 GB)
         gc.collect()
+        if not opts.plain_export:  # plain folders keep sam2's graphs as they are, for comparisons
+            _cpu_fused(folder, ranges, previous, log)
         _reduced_precision(folder, opts, log)
 
     from export.engines import build_engines
@@ -216,6 +218,15 @@ def _count_flops(model, nets, specs, plain: bool, log: Log) -> dict:
         exported.update(stage_flops({"memory_attention": nets["memory_attention"]}, specs, cases))
     log(f"[flops] {len(cases)} benchmark cases counted in {time.time() - t:.1f}s")
     return {"reference": reference, "export": exported}
+
+
+def _cpu_fused(folder: ModelFolder, ranges: Dict[str, tuple], previous: Optional[ModelFolder], log: Log) -> None:
+    """The fused-attention copies of the stages with attention, for ONNX Runtime's CPU provider."""
+    from export.ort_optimize import CPU_FUSED_STAGES, export_cpu_fused
+
+    for stage in CPU_FUSED_STAGES:
+        export_cpu_fused(folder, stage, parity_cases(stage, ranges),
+                         previous.manifest.stages.get(stage) if previous else None, log)
 
 
 def _reduced_precision(folder: ModelFolder, opts: BuildOptions, log: Log) -> None:

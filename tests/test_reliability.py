@@ -65,7 +65,7 @@ FOLDER_FAULTS = {
                           "image_size 512 but stage 'image_encoder' takes (256, 256)"),
     "file name escapes": (lambda f: edit_manifest(f, lambda m: (m["stages"]["mask_decoder"]["files"]["fp32"].update(
         file="../mask_decoder.onnx"), m)[1]), "not a plain file name"),
-    "stage file missing": (lambda f: (f / "memory_attention.onnx").unlink(), "memory_attention.onnx' is missing"),
+    "stage file missing": (lambda f: (f / "memory_encoder.onnx").unlink(), "memory_encoder.onnx' is missing"),
     "stage file replaced": (lambda f: replace(f / "mask_decoder.onnx", b"x" * 100), "does not match the sha256"),
     "constants missing": (lambda f: (f / "constants.npz").unlink(), "constants.npz' is missing"),
     "constants truncated": (lambda f: replace(f / "constants.npz", (f / "constants.npz").read_bytes()[:50]),
@@ -109,7 +109,7 @@ def test_a_file_swapped_between_hashing_and_loading_is_not_used(tiny_engines, pl
 
     def read_then_swap(self, rec):
         data = original(self, rec)
-        if rec.file == "memory_attention.onnx":  # another build's file, same name, right after the hash
+        if rec.file == "memory_encoder.onnx":  # another build's file, same name, right after the hash
             replace(self.path / rec.file, (plain_engines / rec.file).read_bytes())
         return data
 

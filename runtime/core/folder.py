@@ -13,6 +13,7 @@ Layout (names from :func:`onnx_name` / :func:`engine_name`)::
     <stage>.fp16.onnx              mixed-precision graph (FP16 build)
     <stage>.int8.onnx              Q/DQ INT8 graph (INT8 build, where it passed its gate)
     <stage>.cpu-int8.onnx          dynamic INT8 for ONNX Runtime on CPUs (--cpu-int8-stages)
+    <stage>.cpu-fused.onnx         FP32 with attention fused for ONNX Runtime's CPU provider
     <stage>.<precision>.engine     TensorRT engine, built from the stage's precision file
 
 *Edge stages* (``preprocess.onnx``: a uint8 frame -> the model input;
@@ -23,7 +24,8 @@ gated by precision, optional (older folders lack them: the runtime then does
 that step on the host), and built into engines with the rest.
 
 A stage's *variants* are its ONNX files: ``fp32``, ``fp16``, ``int8``,
-``cpu-int8``. Its *precision* is the variant its TensorRT engine is (or
+``cpu-int8``, ``cpu-fused`` (the FP32 graph with its attention as ONNX
+Runtime's ``MultiHeadAttention``, which only ONNX Runtime runs). Its *precision* is the variant its TensorRT engine is (or
 would be) built from. Every file's sha256 is recorded; what the runtime loads
 is the bytes it hashed (:meth:`ModelFolder.read_verified`), so a file
 replaced after the build is refused, never half-used.
@@ -48,7 +50,7 @@ from runtime.errors import ModelFolderError
 MANIFEST_NAME = "manifest.json"
 CONSTANTS_NAME = "constants.npz"
 FORMAT_VERSION = 2
-VARIANTS = ("fp32", "fp16", "int8", "cpu-int8")
+VARIANTS = ("fp32", "fp16", "int8", "cpu-int8", "cpu-fused")
 STATUSES = ("complete", "failed", "building")
 # kind -> (what it holds, the products that open it)
 KINDS: Dict[str, Tuple[str, Tuple[str, ...]]] = {

@@ -58,7 +58,7 @@ def test_edge_gates_hold_values_exact_and_let_masks_flip_at_the_threshold(tiny_e
 
 def test_stock_workload_runs_and_sees_objects(stock_sam2_factory):
     _, _, folder = stock_sam2_factory("2.1")
-    r = device_check.check_folder(folder, "fp16", lambda m: None, backend="onnxruntime")
+    r = device_check.check_folder(folder, "fp16", lambda m: None, backend="onnxruntime", edge_mode="backend")
     p = r["products"]["ImagePredictor + VideoTracker"]
     assert r["failures"] == [] and p["masks"] == 6 * 3 + 8 and p["worst_iou"] == 1.0 and p["fp32_foreground"] > 0
 

@@ -100,18 +100,66 @@ def test_memory_attention_folded_and_equal(plain_engines, tmp_path):
 
 
 def test_memory_attention_fused_and_equal(tiny_engines, tmp_path):
+    """Self-attention becomes MultiHeadAttention as it is; cross-attention too, its padding's key
+    bias carried as one more query/key feature (no mask input: ONNX Runtime's CPU kernel then
+    attends block-wise). Equal with padded objects (``verify`` pads the first object's last memory)."""
     out = tmp_path / "ma.onnx"
     rep = optimize_for_ort(tiny_engines / "memory_attention.onnx", out, "memory_attention",
                            passes=("fold", "fuse"))
-    # 4 layers x self-attention; the 4 cross-attentions add the padding's key bias to the scores
-    assert rep["fuse"]["fused_attention"] == 4
-    assert len(rep["fuse"]["skipped"]) == 4 and all("key bias" in s["why"] for s in rep["fuse"]["skipped"])
+    assert rep["fuse"]["fused_attention"] == 8 and rep["fuse"]["skipped"] == []
+    assert sum(a["key_bias"] for a in rep["fuse"]["attention"]) == 4
     m = onnx.load(str(out))
     ops = [n.op_type for n in m.graph.node]
-    assert ops.count("MultiHeadAttention") == 4 and ops.count("Softmax") == 4
+    assert ops.count("MultiHeadAttention") == 8 and "Softmax" not in ops
+    assert all(len(n.input) == 3 for n in m.graph.node if n.op_type == "MultiHeadAttention")  # no mask
     assert any(n.domain == MS_DOMAIN for n in m.graph.node)
-    for axes in ({"num_mem": 1, "num_ptr": 1}, {"objects": 2, "num_mem": 3, "num_ptr": 5}):
+    for axes in ({"num_mem": 1, "num_ptr": 1}, {"objects": 2, "num_mem": 3, "num_ptr": 5},
+                 {"objects": 3, "num_mem": 7, "num_ptr": 16}):
         assert verify(tiny_engines / "memory_attention.onnx", out, "memory_attention", axes) < 1e-5
+
+
+def test_padding_changes_the_output_and_the_fused_graph_follows(tiny_engines, tmp_path):
+    """The key bias is real: the padded object's output differs from the unpadded one, in both graphs alike."""
+    from runtime.core.folder import ModelFolder
+    from runtime.core.spec import example_feeds
+
+    out = tmp_path / "ma.onnx"
+    optimize_for_ort(tiny_engines / "memory_attention.onnx", out, "memory_attention", passes=("fuse",))
+    spec = ModelFolder.open(tiny_engines).specs["memory_attention"]
+    feeds = example_feeds(spec, {"objects": 2, "num_mem": 3, "num_ptr": 4})
+    padded = {k: v.copy() for k, v in feeds.items()}
+    padded["mem_valid"][0, -1] = padded["ptr_valid"][0, -1] = 0.0
+    outs = {}
+    for name, path in (("plain", tiny_engines / "memory_attention.onnx"), ("fused", out)):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs[name] = [sess.run(None, f)[0] for f in (feeds, padded)]
+    for name in outs:
+        assert np.abs(outs[name][0][0] - outs[name][1][0]).max() > 1e-3  # object 0 lost an entry
+        np.testing.assert_array_equal(outs[name][0][1], outs[name][1][1])  # object 1 untouched
+    rel = np.linalg.norm(outs["fused"][1] - outs["plain"][1]) / np.linalg.norm(outs["plain"][1])
+    assert rel < 1e-5
+
+
+def test_image_encoder_attention_fused_and_equal(tiny_engines, tmp_path):
+    """Hiera's attention (keys transposed straight to [B,H,d,T]) fuses too, every block."""
+    out = tmp_path / "ie.onnx"
+    rep = optimize_for_ort(tiny_engines / "image_encoder.onnx", out, "image_encoder", passes=("fuse",))
+    assert rep["fuse"]["fused_attention"] == 12 and rep["fuse"]["skipped"] == []  # hiera-tiny: 12 blocks
+    assert verify(tiny_engines / "image_encoder.onnx", out, "image_encoder") < 1e-5
+
+
+def test_build_writes_verified_cpu_fused_files(tiny_engines):
+    from runtime.core.folder import ModelFolder
+
+    folder = ModelFolder.open(tiny_engines)
+    for stage, n in (("image_encoder", 12), ("memory_attention", 8)):
+        st = folder.stage(stage)
+        assert st.files["cpu-fused"].file == f"{stage}.cpu-fused.onnx" and st.precision == "fp32"
+        m = st.measured["cpu-fused"]
+        assert m["passed"] and m["rel_l2"] < 1e-5 and m["fused_attention"] == n
+        assert folder.read_verified(st.files["cpu-fused"])
+    assert "cpu-fused" not in folder.stage("mask_decoder").files  # its attention is small: left as it is
+    assert not list(tiny_engines.glob(".*.part"))
 
 
 def test_stage_without_attention_unchanged(tiny_engines, tmp_path):
@@ -132,3 +180,20 @@ def test_bad_input(tiny_engines, tmp_path):
     assert main([str(tmp_path / "missing.onnx"), str(tmp_path / "x.onnx")]) == 2
     assert main([str(tiny_engines / "memory_attention.onnx"), str(tmp_path / "x.onnx"),
                  "--passes", "nope"]) == 2
+
+
+def test_a_fused_file_that_misses_its_gate_is_not_kept(tiny_engines, tmp_path, monkeypatch):
+    import shutil
+
+    import export.ort_optimize as oo
+    from runtime.core.folder import ModelFolder
+
+    shutil.copytree(tiny_engines, tmp_path / "f")
+    folder = ModelFolder.read(tmp_path / "f")
+    del folder.manifest.stages["memory_attention"].files["cpu-fused"]
+    monkeypatch.setattr(oo, "verify", lambda *a, **k: 3e-3)  # as a wrong rewrite would measure
+    logs = []
+    assert oo.export_cpu_fused(folder, "memory_attention", [{"objects": 1}], log=logs.append) is None
+    assert "FAILED" in logs[-1] and "cpu-fused" not in folder.manifest.stages["memory_attention"].files
+    assert not (tmp_path / "f" / "memory_attention.cpu-fused.onnx").exists()
+    assert not list((tmp_path / "f").glob(".*.part"))

@@ -98,8 +98,8 @@ def test_bad_input_is_named_and_segmenter_stays_usable(seg, call, match):
 def test_missing_file_in_engines_folder(tiny_engines, tmp_path):
     broken = tmp_path / "e"
     shutil.copytree(tiny_engines, broken)
-    (broken / "memory_attention.onnx").unlink()
-    with pytest.raises(ModelFolderError, match="memory_attention.onnx.*missing"):
+    (broken / "memory_encoder.onnx").unlink()  # a file the CPU session runs (not a cpu-fused stage)
+    with pytest.raises(ModelFolderError, match="memory_encoder.onnx.*missing"):
         FewShotSegmenter.load(broken, backend="onnxruntime")
 
 

@@ -256,3 +256,35 @@ def test_trackers_and_predictors_postprocess_on_the_backend(stock):
             assert masks_only[i].logits is None and (masks_only[i].mask == dev[i].mask).all()
     assert res["backend", "logits"].shape == (3, 200, 200) and res["backend", "masks"].dtype == np.bool_
     assert _same_masks(res["backend", "masks"], res["backend", "logits"], res["host", "logits"])
+
+
+def test_cpu_provider_runs_the_fused_attention_files_with_the_same_masks(tiny_engines):
+    """On ONNX Runtime's CPU provider the image encoder and memory attention run from their
+    cpu-fused files (block-wise attention); GPU providers and forced variants keep the FP32 files."""
+    from runtime.core.backends import onnx_variants
+    from runtime.core.folder import ModelFolder
+
+    folder = ModelFolder.open(tiny_engines)
+    stages = tuple(folder.specs)
+    cpu = onnx_variants(folder, stages, "onnxruntime", "off", ["CPUExecutionProvider"])
+    assert cpu == {"image_encoder": "cpu-fused", "memory_encoder": "fp32", "memory_attention": "cpu-fused",
+                   "mask_decoder": "fp32"}
+    gpu = onnx_variants(folder, stages, "onnxruntime", "off", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert set(gpu.values()) == {"fp32"}
+    rng = np.random.default_rng(9)
+    ref = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    mask = np.zeros((300, 420), bool)
+    mask[60:220, 90:310] = True
+    out = {}
+    for name, variants in (("fused", None), ("fp32", {"image_encoder": "fp32", "memory_attention": "fp32"})):
+        with EngineSession.open(tiny_engines, product="FewShotSegmenter", backend="onnxruntime",
+                                providers=["CPUExecutionProvider"], variants=variants) as session:
+            assert session.stage_files["memory_attention"] == (
+                "memory_attention.cpu-fused.onnx" if name == "fused" else "memory_attention.onnx")
+            seg = FewShotSegmenter(session)
+            seg.add_reference(ref, mask)
+            seg.add_reference(ref[:, ::-1].copy(), mask[:, ::-1].copy())
+            out[name] = seg.segment(ref[::-1].copy())["default"]
+    a, b = out["fused"], out["fp32"]
+    assert np.linalg.norm(a.logits - b.logits) / np.linalg.norm(b.logits) < 1e-5
+    assert (a.mask == b.mask).mean() > 0.9999

@@ -64,11 +64,15 @@ def resolve_backend(backend: str, folder: ModelFolder, stages: Sequence[str]) ->
 
 def onnx_variants(folder: ModelFolder, stages: Sequence[str], backend: str, cpu_int8: str,
                   providers=None) -> Dict[str, str]:
-    """The ONNX variant (``"fp32"``, ``"fp16"`` or ``"cpu-int8"``) each stage runs from on ONNX Runtime.
+    """The ONNX variant (``"fp32"``, ``"fp16"``, ``"cpu-int8"`` or ``"cpu-fused"``) each stage runs
+    from on ONNX Runtime.
 
     On a GPU provider (CUDA, ...) a stage with an FP16 file runs it (the fast
-    path there); on the CPU provider FP32 or dynamic INT8 (ONNX Runtime's CPU
-    kernels have little FP16: the FP16 files run there, but slower than FP32).
+    path there); on the CPU provider dynamic INT8 (see ``cpu_int8``), else the
+    FP32 graph with fused attention where the folder has it (``cpu-fused``:
+    the same results, block-wise attention without the score matrices: less
+    memory, measured no slower), else FP32 (ONNX Runtime's CPU kernels have
+    little FP16: the FP16 files run there, but slower than FP32).
 
     ``backend``: the resolved backend; ``providers``: ONNX Runtime providers
     (None: the default ones). See the module docstring for ``cpu_int8``.
@@ -91,7 +95,10 @@ def onnx_variants(folder: ModelFolder, stages: Sequence[str], backend: str, cpu_
     if use:
         has = _drop_saturating(folder, has, strict=cpu_int8 == "on")
     fp16 = {s for s in stages if "fp16" in folder.stage(s).files} if backend == "onnxruntime" and not cpu_only else set()
-    return {s: "cpu-int8" if use and s in has else "fp16" if s in fp16 else "fp32" for s in stages}
+    fused = {s for s in stages if "cpu-fused" in folder.stage(s).files} if backend == "onnxruntime" and cpu_only \
+        else set()
+    return {s: "cpu-int8" if use and s in has else "fp16" if s in fp16 else "cpu-fused" if s in fused else "fp32"
+            for s in stages}
 
 
 def _drop_saturating(folder: ModelFolder, stages, strict: bool):
