@@ -189,8 +189,8 @@ def _ms(s) -> str:
 def markdown(rec: dict) -> str:
     m = rec["machine"]
     lines = ["# Several concepts / objects per frame: one by one, batched, padded", "",
-             f"{m['cpu']}, {m['cores']} cores; {rec['backend']}, onnxruntime "
-             f"{rec['versions'].get('onnxruntime')}, {rec['threads'] or 'all'} threads, {rec['iterations']} frames per row after a warm-up. "
+             f"{m['cpu']}, {m['cores']} cores; backend {rec['backend']} (onnxruntime "
+             f"{rec['versions'].get('onnxruntime')}), {rec['threads'] or 'all'} threads, {rec['iterations']} frames per row after a warm-up. "
              "Milliseconds per frame, median / p90; memory attention and decoder are the time inside "
              "their run calls.", "",
              "| flow | N | way | calls/frame (attn, dec) | frame | memory attention | mask decoder "
