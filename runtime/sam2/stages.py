@@ -148,8 +148,8 @@ class Sam2Stages:
         for i in range(0, len(low_res), step):
             out = r.infer(postprocess_feeds(low_res[i:i + step], hw, thr_logit))
             masks += list(r.to_host(out["mask"]))
-            values += list(r.to_host(out["logits"])) if logits else [None] * (len(masks) - len(values))
-        return masks, values
+            values += list(r.to_host(out["logits"])) if logits else []
+        return masks, (values if logits else [None] * len(masks))
 
     def vision_on_host(self, enc: Mapping[str, Any]) -> np.ndarray:
         """``vision_feat [1,256,S/16,S/16]`` as a host array."""
