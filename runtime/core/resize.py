@@ -137,7 +137,11 @@ def _pil_pass(x: np.ndarray, out_size: int, axis: int) -> np.ndarray:
 
 
 def resize_uint8_pil(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """``uint8 [H,W,C]`` -> ``uint8 [h,w,C]`` exactly as Pillow's ``resize((w, h), BILINEAR)``."""
+    """``uint8 [H,W,C]`` -> ``uint8 [h,w,C]`` exactly as Pillow's ``resize((w, h), BILINEAR)`` up to
+    Pillow 12: horizontal pass, then vertical. Pillow 13 runs the vertical pass first for some
+    shapes where the height shrinks more than the width (python-pillow/Pillow#9549; seen here:
+    portrait 1920x1080 -> 512x512), and the uint8 rounding between the passes then differs by 1
+    on some pixels; the authors' pipelines predate it."""
     if image.dtype != np.uint8:
         raise TypeError(f"resize_uint8_pil takes uint8 images, got {image.dtype}")
     x = image
