@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plain-export", action="store_true",
                    help="export sam2's computation as written: no value-projection folding in memory "
                         "attention, no constant folding (the baseline bench.throughput compares against)")
+    s.add_argument("--no-cpu-fused", action="store_true",
+                   help="skip the fused-attention copies of the image encoder and memory attention that ONNX "
+                        "Runtime's CPU provider runs by default (half the host memory, no slower; they cost "
+                        "the disk of those two FP32 files): for devices that only run TensorRT")
 
     d = p.add_argument_group("dense models and encoder features (--model sam2-unet|sam2-unext|features)")
     d.add_argument("--checkpoint", type=Path,

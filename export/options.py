@@ -53,6 +53,7 @@ class BuildOptions:
     cpu_int8_range: str = "auto"
     calib_method: str = "entropy"
     plain_export: bool = False
+    no_cpu_fused: bool = False
     # dense models and features
     checkpoint: Optional[Path] = None
     trunk: Optional[str] = None

@@ -191,8 +191,10 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
     else:
         del model, nets  # the PyTorch model is done with: calibration needs the memory (1024 px: <= 6 GB)
         gc.collect()
-        if not opts.plain_export:  # plain folders keep sam2's graphs as they are, for comparisons
+        if not (opts.plain_export or opts.no_cpu_fused):  # plain folders keep sam2's graphs, for comparisons
             _cpu_fused(folder, ranges, previous, log)
+        else:
+            _drop_cpu_fused(folder, log)
         _reduced_precision(folder, opts, log)
 
     from export.engines import build_engines
@@ -227,6 +229,17 @@ def _cpu_fused(folder: ModelFolder, ranges: Dict[str, tuple], previous: Optional
     for stage in CPU_FUSED_STAGES:
         export_cpu_fused(folder, stage, parity_cases(stage, ranges),
                          previous.manifest.stages.get(stage) if previous else None, log)
+
+
+def _drop_cpu_fused(folder: ModelFolder, log: Log) -> None:
+    """Remove an earlier build's fused-attention files (this build records none)."""
+    from runtime.core.folder import onnx_name
+
+    for stage in folder.manifest.stages:
+        path = folder.path / onnx_name(stage, "cpu-fused")
+        if path.is_file():
+            path.unlink()
+            log(f"[cpu-fused] {stage}: removed {path.name} of an earlier build (not asked for)")
 
 
 def _reduced_precision(folder: ModelFolder, opts: BuildOptions, log: Log) -> None:

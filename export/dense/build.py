@@ -30,7 +30,7 @@ from runtime.errors import UsageError
 DENSE_CODE_VERSION = 2  # bump when the exported graphs change meaning
 SAM2_ONLY = ("sam2_checkpoint", "adapter_checkpoint", "no_adapters", "adapter_stages",
              "channel_factor", "stock_sam2", "max_prompt_frames", "int8_stages", "cpu_int8_stages", "cpu_int8_range",
-             "calib_method", "plain_export", "max_frame_side", "max_objects")
+             "calib_method", "plain_export", "max_frame_side", "max_objects", "no_cpu_fused")
 
 
 def _choice(args: BuildOptions):

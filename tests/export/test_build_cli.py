@@ -135,3 +135,24 @@ def test_plain_export_is_the_unoptimised_baseline(tiny_engines, plain_engines):
         a = ort_session(plain / f"{stage}.onnx").run(None, feeds)
         b = ort_session(tiny_engines / f"{stage}.onnx").run(None, feeds)
         assert max(relative_l2(y, x) for x, y in zip(a, b)) < 1e-5
+
+
+def test_no_cpu_fused_builds_without_them_and_removes_old_ones(tiny_engines, tmp_path, capsys):
+    import shutil
+
+    from runtime import FewShotSegmenter
+    from runtime.core.folder import ModelFolder
+
+    out = tmp_path / "f"
+    shutil.copytree(tiny_engines, out)
+    assert (out / "memory_attention.cpu-fused.onnx").is_file()
+    assert main(BASE + ["--random-weights", "--no-cpu-fused", "--out", str(out)]) == 0
+    assert "removed memory_attention.cpu-fused.onnx" in capsys.readouterr().out
+    assert not list(out.glob("*.cpu-fused.onnx"))
+    folder = ModelFolder.open(out)
+    assert all("cpu-fused" not in st.files for st in folder.manifest.stages.values())
+    with FewShotSegmenter.load(out, backend="onnxruntime") as seg:  # the CPU provider takes the FP32 files
+        assert seg.session.stage_files["memory_attention"] == "memory_attention.onnx"
+    code, err = run(["--model", "sam2-unet", "--precision", "fp32", "--random-weights", "--skip-tensorrt",
+                     "--no-cpu-fused", "--out", str(tmp_path / "d")], capsys)
+    assert code == 2 and "--no-cpu-fused does not apply" in err
