@@ -97,13 +97,13 @@ def postprocess_graph(spec: StageSpec) -> onnx.ModelProto:
         for k in (0, 1):
             t = f"{axis}{k}"
             nodes += [node("Gather", [f"{axis}_idx", f"k{k}"], [f"{t}_idx"], axis=1),   # [W] / [H]
-                      node("Gather", [f"{axis}_w", f"k{k}"], [f"{t}_w1"], axis=1),
+                      node("Gather", [f"{axis}_w", f"k{k}"], [f"{t}_w"], axis=1),
                       node("Gather", [src, f"{t}_idx"], [f"{t}_px"], axis=gather_axis)]  # [N,s,W] / [N,H,W]
+            weight = f"{t}_w"
             if axis == "row":  # a weight per row: [H] -> [H,1]
-                nodes.append(node("Unsqueeze", [f"{t}_w1", "last"], [f"{t}_w"]))
-            else:
-                nodes.append(node("Identity", [f"{t}_w1"], [f"{t}_w"]))
-            nodes.append(node("Mul", [f"{t}_px", f"{t}_w"], [f"{t}_term"]))
+                nodes.append(node("Unsqueeze", [weight, "last"], [f"{t}_w_col"]))
+                weight = f"{t}_w_col"
+            nodes.append(node("Mul", [f"{t}_px", weight], [f"{t}_term"]))
             terms.append(f"{t}_term")
         nodes.append(node("Add", terms, [out]))
     nodes.append(node("Greater", ["logits", "threshold"], ["mask"]))

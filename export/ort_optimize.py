@@ -109,6 +109,9 @@ def _static_shape(vi_map, name) -> Optional[List[Optional[int]]]:
     return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
 
 
+BHND_TO_BNHD = [0, 2, 1, 3]  # [B,H,N,d] <-> [B,N,H,d] (its own inverse): MultiHeadAttention flattens H*d
+
+
 def _find_attention(g: _Graph):
     """Yield matches of ``MatMul(q*s, Transpose(k)*s) [+ key bias] -> Softmax(-1) -> MatMul(., v)``;
     ``bias`` is the added key bias (memory attention's padding mask) or None."""
@@ -139,10 +142,11 @@ def _find_attention(g: _Graph):
         tr = g.producer.get(kt)
         perm = None if tr is None or tr.op_type != "Transpose" else next(
             (list(helper.get_attribute_value(a)) for a in tr.attribute if a.name == "perm"), None)
-        # keys as [B,H,T,d]: the transpose's input where it only swaps the last two axes (sam2's
-        # memory attention), else the transposed keys [B,H,d,T] brought back (Hiera's attention)
-        k = tr.input[0] if perm == [0, 1, 3, 2] else {"transposed": kt}
+        # keys [B,H,T,d]: the transpose's input where it only swaps the last two axes (sam2's memory
+        # attention); else the transposed keys [B,H,d,T] themselves (Hiera's attention)
+        k, k_perm = (tr.input[0], BHND_TO_BNHD) if perm == [0, 1, 3, 2] else (kt, [0, 3, 1, 2])
         yield {"softmax": sm, "mm1": mm1, "mm2": mm2, "q": q, "k": k, "v": mm2.input[1],
+               "perm": {"q": BHND_TO_BNHD, "k": k_perm, "v": BHND_TO_BNHD},
                "q_scale": sq, "k_scale": sk, "scaled": mq is not None or mk is not None, "bias": bias}
 
 
@@ -268,10 +272,7 @@ def fuse_attention(model: onnx.ModelProto) -> Dict[str, object]:
         flat = {}
         for role in ("q", "k", "v"):
             t = f"{p}/{role}_bsnh"
-            if isinstance(m[role], dict):  # [B,H,d,T] -> [B,T,H,d]
-                nodes.append(helper.make_node("Transpose", [m[role]["transposed"]], [t], perm=[0, 3, 1, 2], name=t))
-            else:  # [B,H,N,d] -> [B,N,H,d]
-                nodes.append(helper.make_node("Transpose", [m[role]], [t], perm=[0, 2, 1, 3], name=t))
+            nodes.append(helper.make_node("Transpose", [m[role]], [t], perm=m["perm"][role], name=t))  # [B,N,H,d]
             flat[role] = f"{p}/{role}_3d"
             nodes.append(helper.make_node("Reshape", [t, shp3], [flat[role]], name=flat[role]))
         if m["bias"]:
@@ -282,7 +283,7 @@ def fuse_attention(model: onnx.ModelProto) -> Dict[str, object]:
                                       name=p + "/MultiHeadAttention"))
         o4 = p + "/out_bsnh"
         nodes.append(helper.make_node("Reshape", [o3, shp4], [o4], name=o4))
-        nodes.append(helper.make_node("Transpose", [o4], [m["mm2"].output[0]], perm=[0, 2, 1, 3],
+        nodes.append(helper.make_node("Transpose", [o4], [m["mm2"].output[0]], perm=BHND_TO_BNHD,
                                       name=p + "/out_bhsd"))
         new_nodes[id(m["mm2"])] = nodes
         fused.append({"node": m["softmax"].name, "heads": heads, "head_dim": d, "scale": scale,
