@@ -44,6 +44,7 @@ import numpy as np
 
 from calib.record import RecordingRunner
 from runtime.core import compare
+from runtime.core.backends import EDGE_OPTIONS, edge_option
 from runtime.core.fileio import write_json_atomic
 from runtime.core.folder import ModelFolder
 from runtime.core.session import EngineSession
@@ -89,7 +90,7 @@ def check_folder(path: Path, precision: str, log: Callable[[str], None], backend
     work = workload(kind)
     edges = folder.manifest.edge_specs
     # The reference runs the edge graphs too (where the folder has them), so their engines are compared.
-    ref_edges = {e: "backend" if e in edges else "auto" for e in ("preprocess", "postprocess")}
+    ref_edges = {o: "backend" if any(edge_option(e) == o for e in edges) else "auto" for o in EDGE_OPTIONS}
     fp32 = EngineSession.open(path, kinds=(kind,), backend="onnxruntime", providers=["CPUExecutionProvider"],
                               cpu_int8="off", **ref_edges)
     trt = EngineSession.open(path, kinds=(kind,), backend=backend, preprocess=edge_mode, postprocess=edge_mode)

@@ -12,6 +12,22 @@ size), so one graph serves every frame size in its profile.
       * col_w, ReduceSum(-1) -> [3,H,S] -Transpose-> [3,S,H] -Gather(row_idx, axis 2)-> [3,S,S,Kh]
       * row_w, ReduceSum(-1) -> [3,S(w),S(h)] / 255 -Transpose-> image [1,3,S,S]
 
+*video_preprocess* (sam2's video loader: Pillow's 8-bit bicubic resize,
+:func:`runtime.sam2.inputs.video_frame_to_model_input`), in Pillow's integer
+arithmetic, each pass summed from 2**21, clipped and shifted to 0..255 as
+``Resample.c`` does; the weights are Pillow's fixed-point ones (22 fraction
+bits)::
+
+    frame [H,W,3] uint8 -Cast int32-> Transpose [3,H,W] -If(vertical_first)->
+      else: Gather(col_idx, axis 2) [3,H,S,Kw] * col_w, ReduceSum(-1) + 2**21, Max 0,
+            Min 2**30-1, Div 2**22 -> [3,H,S] (0..255), the same over rows -> [3,S,S]
+      then: rows first (Gather axis 1, ReduceSum axis 2), then columns -> [3,S,S]
+    -Gather(levels [256])-> float32 -Unsqueeze-> image [1,3,S,S]
+
+Pillow 13 runs the vertical pass first for some tall frames (the order
+matters: each pass rounds to uint8), so both orders are in the graph and the
+runtime says which one a frame size takes.
+
 *postprocess* (plain bilinear, two taps per axis, as sam2's
 ``postprocess_masks``; each tap a Gather of its own so no tensor is larger
 than the output)::
@@ -20,9 +36,10 @@ than the output)::
       -Gather(row_idx[:,k], axis 1) * row_w[:,k,None], summed over k-> logits [N,H,W]
       -Greater(threshold)-> mask [N,H,W] bool
 
-Only Cast, Transpose, Gather, Mul, Add, ReduceSum, Unsqueeze and Greater: no
-GEMM, so no TF32 on TensorRT, and every product of the reference is computed
-in FP32 as in NumPy (width first, then height, as the references do). The
+Only Cast, Transpose, Gather, Mul, Add, ReduceSum, Max, Min, Div, If, Unsqueeze
+and Greater: no GEMM, so no TF32 on TensorRT; every product of the float graphs is
+computed in FP32 as in NumPy, the video graph's in int32 as in Pillow (width
+first, then height, as the references do). The
 graphs are written with ``onnx.helper`` (no PyTorch) and verified in ONNX
 Runtime against their NumPy reference before they are recorded.
 """
@@ -42,8 +59,9 @@ from runtime.core.fileio import atomic_path, sha256_file
 from runtime.core.folder import FileRecord, StageRecord, onnx_name
 from runtime.core.resize import resize_bilinear
 from runtime.core.spec import StageSpec
-from runtime.sam2.inputs import image_to_model_input, postprocess_feeds, preprocess_feeds
-from runtime.sam2.spec import POSTPROCESS, PREPROCESS
+from runtime.sam2.inputs import (UNIT_LEVELS, image_to_model_input, postprocess_feeds, preprocess_feeds,
+                                 video_frame_to_model_input, video_preprocess_feeds)
+from runtime.sam2.spec import POSTPROCESS, PREPROCESS, VIDEO_PREPROCESS
 
 OPSET = 17
 _ONNX_TYPES = {"uint8": TensorProto.UINT8, "int32": TensorProto.INT32, "float32": TensorProto.FLOAT,
@@ -89,6 +107,64 @@ def preprocess_graph(spec: StageSpec) -> onnx.ModelProto:
     return _model(spec, nodes, consts)
 
 
+_PIL_BITS = 22  # Pillow's PRECISION_BITS
+
+
+def _pil_round(a: str, src: str, axes: str, out: str) -> list:
+    """Pillow's pass tail: ``src`` terms summed over ``axes`` from 2**21, clipped, >> 22 -> ``out`` (0..255)."""
+    return [node("ReduceSum", [src, axes], [f"{a}_sum"], keepdims=0),
+            node("Add", [f"{a}_sum", "half"], [f"{a}_rounded"]),
+            node("Max", [f"{a}_rounded", "zero"], [f"{a}_pos"]),
+            node("Min", [f"{a}_pos", "top"], [f"{a}_clipped"]),
+            node("Div", [f"{a}_clipped", "one"], [out])]
+
+
+def _pil_branch(vertical_first: bool, s: int) -> onnx.GraphProto:
+    """Both Pillow passes over ``chw [3,H,W]`` int32 (outer scope) in one order -> ``[3,S(h),S(w)]`` levels."""
+    if vertical_first:   # rows over axis 1 ([3,S,Kh,W], weights [S,Kh,1]), then columns
+        p, out = "v", "v_levels"
+        nodes = [node("Unsqueeze", ["row_w", "last"], ["v_row_w"]),
+                 node("Gather", ["chw", "row_idx"], ["v_rows"], axis=1),
+                 node("Mul", ["v_rows", "v_row_w"], ["v_rows_w"]),
+                 *_pil_round("v_r", "v_rows_w", "third", "v_tall"),                    # [3,S,W]
+                 node("Gather", ["v_tall", "col_idx"], ["v_cols"], axis=2),            # [3,S,S,Kw]
+                 node("Mul", ["v_cols", "col_w"], ["v_cols_w"]),
+                 *_pil_round("v_c", "v_cols_w", "last", out)]
+    else:                # columns, then rows (over the transposed [3,S,H]), then back to [3,S(h),S(w)]
+        p, out = "h", "h_levels"
+        nodes = [node("Gather", ["chw", "col_idx"], ["h_cols"], axis=2),               # [3,H,S,Kw]
+                 node("Mul", ["h_cols", "col_w"], ["h_cols_w"]),
+                 *_pil_round("h_c", "h_cols_w", "last", "h_wide"),                    # [3,H,S]
+                 node("Transpose", ["h_wide"], ["h_wide_t"], perm=[0, 2, 1]),
+                 node("Gather", ["h_wide_t", "row_idx"], ["h_rows"], axis=2),          # [3,S(w),S(h),Kh]
+                 node("Mul", ["h_rows", "row_w"], ["h_rows_w"]),
+                 *_pil_round("h_r", "h_rows_w", "last", "h_both"),
+                 node("Transpose", ["h_both"], [out], perm=[0, 2, 1])]
+    info = helper.make_tensor_value_info(out, TensorProto.INT32, [3, s, s])
+    return helper.make_graph(nodes, f"{p}_first", [], [info])
+
+
+def video_preprocess_graph(spec: StageSpec) -> onnx.ModelProto:
+    """The checked ONNX model of ``spec`` (:func:`runtime.sam2.spec.video_preprocess_spec`): the
+    passes in the order ``vertical_first`` names (Pillow's, :func:`runtime.core.resize.pil_vertical_first`),
+    each branch of one ``If``."""
+    s = spec.outputs[0].shape[-1]
+    nodes = [node("Cast", ["frame"], ["frame_i"], to=TensorProto.INT32),
+             node("Transpose", ["frame_i"], ["chw"], perm=[2, 0, 1]),                 # [3,H,W]
+             node("If", ["vertical_first"], ["levels_idx"],
+                  then_branch=_pil_branch(True, s), else_branch=_pil_branch(False, s)),
+             node("Gather", ["levels", "levels_idx"], ["scaled"], axis=0),           # float32 in [0, 1]
+             node("Unsqueeze", ["scaled", "first"], ["image"])]
+
+    def i32(name, v):
+        return helper.make_tensor(name, TensorProto.INT32, [], [v])
+
+    consts = [_ints("last", [-1]), _ints("third", [2]), _ints("first", [0]), i32("half", 1 << (_PIL_BITS - 1)),
+              i32("zero", 0), i32("top", (256 << _PIL_BITS) - 1), i32("one", 1 << _PIL_BITS),
+              helper.make_tensor("levels", TensorProto.FLOAT, [256], UNIT_LEVELS.tolist())]
+    return _model(spec, nodes, consts)
+
+
 def postprocess_graph(spec: StageSpec) -> onnx.ModelProto:
     """The checked ONNX model of ``spec`` (:func:`runtime.sam2.spec.postprocess_spec`)."""
     nodes = []
@@ -113,7 +189,7 @@ def postprocess_graph(spec: StageSpec) -> onnx.ModelProto:
 
 
 GRAPHS: Dict[str, Callable[[StageSpec], onnx.ModelProto]] = {
-    PREPROCESS: preprocess_graph, POSTPROCESS: postprocess_graph}
+    PREPROCESS: preprocess_graph, VIDEO_PREPROCESS: video_preprocess_graph, POSTPROCESS: postprocess_graph}
 
 
 def parity_frames(spec: StageSpec, size: int) -> List[Tuple[int, int]]:
@@ -129,8 +205,11 @@ def _preprocess_cases(spec: StageSpec, run, rng) -> List[Dict[str, object]]:
     cases = []
     for h, w in parity_frames(spec, s):
         frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        ref = image_to_model_input(frame.astype(np.float32) / np.float32(255.0), s)
-        got = run(["image"], preprocess_feeds(frame, s))[0]
+        if spec.name == VIDEO_PREPROCESS:
+            ref, feeds = video_frame_to_model_input(frame, s), video_preprocess_feeds(frame, s)
+        else:
+            ref, feeds = image_to_model_input(frame.astype(np.float32) / np.float32(255.0), s), preprocess_feeds(frame, s)
+        got = run(["image"], feeds)[0]
         cases.append({"frame": [h, w], **compare_outputs({"image": got}, {"image": ref})["image"]})
     return cases
 
@@ -150,24 +229,29 @@ def _postprocess_cases(spec: StageSpec, run, rng) -> List[Dict[str, object]]:
 
 
 def check_edge(spec: StageSpec, model: bytes, seed: int = 0) -> Dict[str, object]:
-    """The graph in ONNX Runtime vs its NumPy reference (:func:`image_to_model_input`, or
-    :func:`resize_bilinear` and the threshold) on random inputs at :func:`parity_frames` sizes:
+    """The graph in ONNX Runtime vs its NumPy reference (:func:`image_to_model_input`,
+    :func:`video_frame_to_model_input`, or :func:`resize_bilinear` and the threshold) on random inputs at :func:`parity_frames` sizes:
     worst figures, the FP32 gate, ``passed``."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
+    torch_formulas = " (NumPy, torch's bilinear formulas)"
     if spec.name == PREPROCESS:
-        cases, ref = _preprocess_cases(spec, sess.run, rng), "runtime.sam2.inputs.image_to_model_input"
+        cases, ref = _preprocess_cases(spec, sess.run, rng), "runtime.sam2.inputs.image_to_model_input" + torch_formulas
+    elif spec.name == VIDEO_PREPROCESS:
+        cases, ref = (_preprocess_cases(spec, sess.run, rng),
+                      "runtime.sam2.inputs.video_frame_to_model_input (NumPy, Pillow's integer arithmetic)")
     else:
-        cases, ref = _postprocess_cases(spec, sess.run, rng), "runtime.core.resize.resize_bilinear, then > threshold"
+        cases, ref = (_postprocess_cases(spec, sess.run, rng),
+                      "runtime.core.resize.resize_bilinear, then > threshold" + torch_formulas)
     figures = worst(cases)
     passed = not EDGE_PARITY.failures(figures)
     if spec.name == POSTPROCESS:
         figures["mask_iou"] = min(c["mask_iou"] for c in cases)
         passed = passed and all(c["mask_is_logits_above"] for c in cases) and figures["mask_iou"] >= 1 - 1e-4
     return {**figures, "gate": EDGE_PARITY.as_dict(), "passed": passed,
-            "reference": f"{ref} (NumPy, torch's bilinear formulas)", "cases": cases}
+            "reference": ref, "cases": cases}
 
 
 def export_edge(spec: StageSpec, folder: Path, previous: Optional[StageRecord],
@@ -186,8 +270,9 @@ def export_edge(spec: StageSpec, folder: Path, previous: Optional[StageRecord],
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
     lo, _, hi = spec.axis_ranges["frame_w"]
-    what = ("a uint8 frame -> the model input" if spec.name == PREPROCESS
-            else "low-res logits -> frame-size logits and masks")
+    what = {PREPROCESS: "a uint8 frame -> the model input (sam2's image predictor)",
+            VIDEO_PREPROCESS: "a uint8 frame -> the model input (sam2's video loader)",
+            POSTPROCESS: "low-res logits -> frame-size logits and masks"}[spec.name]
     log(f"{tag} {path.name}: frames {lo}..{hi} px per side, {what}, on the backend; "
         f"rel L2 {parity['rel_l2']:.1e} vs the NumPy reference (gate {EDGE_PARITY.max_rel_l2:.0e}) "
         f"{'ok' if parity['passed'] else 'FAILED'}")

@@ -257,12 +257,16 @@ def test_nan_and_inf_are_refused_by_the_predictor_and_tracker(stock):
 
 
 def test_track_frame_takes_uint8_and_float_frames_alike(stock):
+    """Both kinds of frame are tracked; at the model size (no resize) they give the same masks
+    (elsewhere uint8 frames take sam2's video loader's resize, float ones the image predictor's)."""
     from runtime.sam2.tracker import VideoTracker
 
     out = {}
-    for kind, frame in (("uint8", IMAGE), ("float", IMAGE.astype(np.float32) / 255)):
+    size = ModelFolder.open(stock).manifest.image_size
+    image = RNG.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    for kind, frame in (("uint8", image), ("float", image.astype(np.float32) / 255)):
         with VideoTracker.load(stock, backend="onnxruntime") as t:
-            t.add_prompt(0, 1, IMAGE, points=[[100, 80]], labels=[1])
+            t.add_prompt(0, 1, image, points=[[100, 80]], labels=[1])
             out[kind] = t.track_frame(1, frame)[1].logits
     np.testing.assert_allclose(out["uint8"], out["float"], atol=1e-5)
 

@@ -15,7 +15,7 @@ vectorised multiply-adds per output pixel.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -94,40 +94,69 @@ def upsample_bilinear(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return cv2.resize(x, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
 
 
-# PIL's 8-bit resampling ---------------------------------------------------------------
-# The dense models' authors resize with torchvision's Resize on a PIL image, i.e.
-# Pillow's ``Image.resize(size, BILINEAR)``: a separable triangle filter (support
-# widened by the scale when downsampling), fixed-point weights with 22 fraction
-# bits, horizontal pass first, and each pass rounded and clipped to uint8. This
-# reproduces Pillow's ``Resample.c`` integer arithmetic exactly, so no Pillow is
+# Pillow's 8-bit resampling -----------------------------------------------------------
+# Two references resize uint8 images with Pillow: the dense models' authors
+# (torchvision's ``Resize`` on a PIL image: ``Image.resize(size, BILINEAR)``) and
+# sam2's video loader (``Image.resize((S, S))``: BICUBIC, Pillow's default). Pillow
+# resamples separably: per output pixel the filter (triangle of support 1, or
+# Keys' cubic with a = -0.5 and support 2, widened by the scale when shrinking)
+# over the source pixels in reach, normalised, as fixed-point integers with 22
+# fraction bits; each pass sums in int32 from 2**21 (rounding), shifts and clips
+# to uint8. This reproduces ``Resample.c``'s arithmetic exactly, so no Pillow is
 # needed on the device (tests compare it with Pillow pixel for pixel).
+#
+# Pass order: Pillow up to 12 always runs the horizontal pass first. Pillow 13
+# runs the vertical pass first for some shapes where the height shrinks, and the
+# uint8 rounding between the passes then differs (by 1 with the triangle, up to
+# tens of levels with the cubic's ringing on noise). For a square output of side
+# S that is exactly when ``H > S`` and ``2 * W < H + S`` (e.g. portrait 1080x1920
+# frames), found by fitting Pillow 13.0.0 on 900 random shapes and checked by
+# ``tests/runtime/test_host_ops.py``; for other outputs the rule was not pinned
+# down. This module follows Pillow 13 (the current Pillow) for square outputs.
 _PIL_PRECISION_BITS = 22
+PIL_FILTERS = {"bilinear": 1.0, "bicubic": 2.0}  # filter -> support at scale 1
+
+
+def _pil_filter(name: str, x: np.ndarray) -> np.ndarray:
+    """Pillow's ``bilinear_filter`` / ``bicubic_filter`` (double precision, the same operations)."""
+    x = np.abs(x)
+    if name == "bilinear":
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+    a = -0.5
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
 @lru_cache(maxsize=64)
-def _pil_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """``(index [out, K] int, fixed-point weight [out, K] int32)`` as Pillow's ``precompute_coeffs``."""
+def pil_taps(in_size: int, out_size: int, filter: str = "bilinear") -> Tuple[np.ndarray, np.ndarray]:
+    """``(index [out, K] int, fixed-point weight [out, K] int32)`` as Pillow's
+    ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for ``filter`` (:data:`PIL_FILTERS`);
+    taps past a pixel's reach have weight 0 (and a clamped index)."""
+    if filter not in PIL_FILTERS:
+        raise ValueError(f"unknown Pillow filter {filter!r}; choose from {', '.join(PIL_FILTERS)}")
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
-    support = 1.0 * filterscale
+    support = PIL_FILTERS[filter] * filterscale
     ksize = int(np.ceil(support)) * 2 + 1
     centers = (np.arange(out_size) + 0.5) * scale
     xmin = np.maximum(np.trunc(centers - support + 0.5).astype(np.int64), 0)
     xmax = np.minimum(np.trunc(centers + support + 0.5).astype(np.int64), in_size)
     count = xmax - xmin
     k = np.arange(ksize)[None, :]
-    x = (k + xmin[:, None] - centers[:, None] + 0.5) / filterscale
-    w = np.where(k < count[:, None], np.maximum(1.0 - np.abs(x), 0.0), 0.0)
+    x = (k + xmin[:, None] - centers[:, None] + 0.5) * (1.0 / filterscale)
+    w = np.where(k < count[:, None], _pil_filter(filter, x), 0.0)
     total = w.sum(axis=1, keepdims=True)
     w = np.where(total != 0, w / np.where(total != 0, total, 1.0), w)
-    fixed = np.trunc(0.5 + w * (1 << _PIL_PRECISION_BITS)).astype(np.int32)  # weights are >= 0
+    scaled = w * (1 << _PIL_PRECISION_BITS)
+    fixed = np.trunc(np.where(scaled < 0, scaled - 0.5, scaled + 0.5)).astype(np.int32)
     return np.minimum(xmin[:, None] + k, in_size - 1), fixed
 
 
-def _pil_pass(x: np.ndarray, out_size: int, axis: int) -> np.ndarray:
-    idx, w = _pil_taps(x.shape[axis], out_size)
+def _pil_pass(x: np.ndarray, out_size: int, axis: int, filter: str) -> np.ndarray:
+    idx, w = pil_taps(x.shape[axis], out_size, filter)
     x = np.moveaxis(x, axis, 0)
-    # 255 * 2**22 + 2**21 < 2**31: the sums fit int32, as in Pillow.
+    # The sums fit int32, as in Pillow (2 guard bits above 8 + 22).
     acc = np.full((out_size,) + x.shape[1:], 1 << (_PIL_PRECISION_BITS - 1), dtype=np.int32)
     wshape = (out_size,) + (1,) * (x.ndim - 1)
     for j in range(idx.shape[1]):
@@ -136,17 +165,24 @@ def _pil_pass(x: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
-def resize_uint8_pil(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """``uint8 [H,W,C]`` -> ``uint8 [h,w,C]`` exactly as Pillow's ``resize((w, h), BILINEAR)`` up to
-    Pillow 12: horizontal pass, then vertical. Pillow 13 runs the vertical pass first for some
-    shapes where the height shrinks more than the width (python-pillow/Pillow#9549; seen here:
-    portrait 1920x1080 -> 512x512), and the uint8 rounding between the passes then differs by 1
-    on some pixels; the authors' pipelines predate it."""
+def pil_vertical_first(in_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> bool:
+    """Whether Pillow 13 resizes ``in_hw`` to ``out_hw`` vertical pass first (square outputs:
+    the section comment's rule; otherwise False, Pillow <= 12's order)."""
+    (h, w), (oh, ow) = in_hw, out_hw
+    return bool(oh == ow and h > oh and 2 * w < h + oh)
+
+
+def resize_uint8_pil(image: np.ndarray, size: Tuple[int, int], filter: str = "bilinear",
+                     vertical_first: Optional[bool] = None) -> np.ndarray:
+    """``uint8 [H,W,C]`` -> ``uint8 [h,w,C]`` exactly as Pillow's ``resize((w, h), filter)``
+    (``filter``: "bilinear" | "bicubic"). ``vertical_first``: the pass order; None: Pillow
+    13's (:func:`pil_vertical_first`), False: Pillow <= 12's (horizontal first)."""
     if image.dtype != np.uint8:
         raise TypeError(f"resize_uint8_pil takes uint8 images, got {image.dtype}")
+    if vertical_first is None:
+        vertical_first = pil_vertical_first(image.shape[:2], size)
     x = image
-    if x.shape[1] != size[1]:
-        x = _pil_pass(x.astype(np.int32), size[1], 1)
-    if x.shape[0] != size[0]:
-        x = _pil_pass(x.astype(np.int32), size[0], 0)
+    for axis in ((0, 1) if vertical_first else (1, 0)):
+        if x.shape[axis] != size[axis]:
+            x = _pil_pass(x.astype(np.int32), size[axis], axis, filter)
     return np.array(x, dtype=np.uint8)

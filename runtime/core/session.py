@@ -51,7 +51,8 @@ class EngineSession:
     def open(cls, path: str | Path, *, product: Optional[str] = None, kinds: Optional[Sequence[str]] = None,
              backend: str = "auto", threads: int = 0, providers: Optional[Sequence[str]] = None,
              cpu_int8: str = "auto", variants: Optional[Mapping[str, str]] = None,
-             memory: str = "arena", preprocess: str = "auto", postprocess: str = "auto") -> "EngineSession":
+             memory: str = "arena", preprocess: str = "auto", postprocess: str = "auto",
+             edges: Optional[Sequence[str]] = None) -> "EngineSession":
         """Open a folder made by ``python -m export.build`` (of a kind ``product`` runs).
 
         ``backend``: "auto" | "onnxruntime" | "tensorrt"; ``cpu_int8``: whether
@@ -60,13 +61,14 @@ class EngineSession:
         ``memory``: ONNX Runtime's CPU memory mode, "arena" | "shared" | "off"
         (``OnnxRuntimeStageRunner``); ``preprocess`` / ``postprocess``: where
         frames become the model input / mask logits become frame-size masks,
-        "auto" | "backend" | "host" (:func:`~runtime.core.backends.edge_stages_to_run`).
+        "auto" | "backend" | "host" (:func:`~runtime.core.backends.edge_stages_to_run`); ``edges``:
+        the edge stages to open (a product's :attr:`Product.EDGES`; None: all of the folder's).
         """
         folder = ModelFolder.open(path, kinds=kinds, product=product)
         constants = folder.load_constants() if folder.manifest.constants else {}
         kind = resolve_backend(backend, folder, tuple(folder.specs))
         specs = {**folder.specs, **edge_stages_to_run(folder, kind, providers,
-                                                        {"preprocess": preprocess, "postprocess": postprocess})}
+                                                        {"preprocess": preprocess, "postprocess": postprocess}, edges)}
         runners = open_runners(folder, specs, kind, threads=threads, providers=providers,
                                cpu_int8=cpu_int8, variants=variants, memory=memory)
         return cls(folder, runners, constants)
@@ -149,8 +151,11 @@ class Product:
     A product runs on an :class:`EngineSession` of a folder kind it can run
     (:data:`runtime.core.folder.KINDS`); ``load`` opens a session it owns and
     closes; a product made from a session shares it. Subclasses release their
-    own per-stream state in :meth:`_release`.
+    own per-stream state in :meth:`_release`. ``EDGES``: the folder's edge
+    stages the product uses (the others are not opened by :meth:`load`).
     """
+
+    EDGES: Tuple[str, ...] = ()
 
     def __init__(self, session: EngineSession):
         kinds = kinds_for(type(self).__name__)
@@ -171,7 +176,7 @@ class Product:
         """
         session = EngineSession.open(path, product=cls.__name__, backend=backend, threads=threads,
                                      providers=providers, cpu_int8=cpu_int8, memory=memory,
-                                     preprocess=preprocess, postprocess=postprocess)
+                                     preprocess=preprocess, postprocess=postprocess, edges=cls.EDGES)
         try:
             product = cls(session, **options)
         except BaseException:

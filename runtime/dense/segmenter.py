@@ -7,7 +7,7 @@ Pre-processing follows the authors' test code (``dataset.py`` ``TestDataset``:
 torchvision ``Resize((S, S))`` on a PIL image, ``ToTensor``, ``Normalize``):
 a ``uint8`` image is resized with Pillow's 8-bit bilinear arithmetic,
 reproduced exactly (:func:`runtime.core.resize.resize_uint8_pil`, each pass
-rounded to 8 bits, in the pass order of Pillow <= 12), then scaled to [0, 1]; ImageNet normalisation runs inside
+rounded to 8 bits, in the pass order of Pillow 13), then scaled to [0, 1]; ImageNet normalisation runs inside
 the graph. Float images in [0, 1] (no 8-bit stage to reproduce) get the
 antialiased float resize. Post-processing follows their ``test.py``: the
 logits are resized to the input image's size (bilinear,

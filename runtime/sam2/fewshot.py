@@ -27,6 +27,7 @@ from runtime.errors import InputError
 from runtime.core.images import image_to_rgb, threshold_logit
 from runtime.sam2.inputs import check_mask, mask_to_model_size, scribble_to_points
 from runtime.sam2.results import ConceptResult, SegmentationResult
+from runtime.sam2.spec import POSTPROCESS, PREPROCESS
 from runtime.sam2.stages import FrameOutput, Sam2Stages, objects_per_call_for
 
 
@@ -58,6 +59,8 @@ class FewShotSegmenter(Product):
     ``add_reference``, with no ``segment`` seeing the state in between), do
     it inside ``with seg.updating():``.
     """
+
+    EDGES = (PREPROCESS, POSTPROCESS)
 
     def __init__(self, session: EngineSession, threshold: float = 0.5,
                  objects_per_call: Optional[int] = None, pad_objects: bool = False, return_logits: bool = True):

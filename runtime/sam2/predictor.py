@@ -14,6 +14,7 @@ import numpy as np
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.errors import InputError
 from runtime.core.images import image_to_rgb, threshold_logit
+from runtime.sam2.spec import POSTPROCESS, PREPROCESS
 from runtime.sam2.stages import Sam2Stages
 
 LOGIT_CLAMP = 32.0  # sam2 clamps low-res logits to [-32, 32] before upsampling
@@ -32,6 +33,8 @@ class ImagePredictor(Product):
     ``mask_input``; C is 3 with ``multimask`` and 1 without. A box of shape
     ``[B,4]`` gives a leading batch axis, as in sam2.
     """
+
+    EDGES = (PREPROCESS, POSTPROCESS)
 
     def __init__(self, session: EngineSession, threshold: float = 0.5):
         super().__init__(session)

@@ -21,12 +21,14 @@ Memory attention gets two TensorRT profiles: one with exactly one memory and
 one pointer (a one-shot concept, and the first tracked frame), the other the
 whole range.
 
-The *preprocess* and *postprocess* graphs (:func:`preprocess_spec`,
+The *preprocess*, *video_preprocess* and *postprocess* graphs
+(:func:`preprocess_spec`, :func:`video_preprocess_spec`,
 :func:`postprocess_spec`) are edge stages, not among the four: no weights,
-always FP32, never calibrated. The first turns a uint8 frame of its own size
-into the encoder's input on the backend, the second the chosen low-res mask
-logits into frame-size logits and masks; frames outside their ``frame_h`` /
-``frame_w`` range are handled on the host instead.
+always FP32 engines, never calibrated. The first two turn a uint8 frame of its
+own size into the encoder's input on the backend (as sam2's image predictor,
+and as sam2's video loader), the third the chosen low-res mask logits into
+frame-size logits and masks; frames outside their ``frame_h`` / ``frame_w``
+range are handled on the host instead.
 """
 
 from __future__ import annotations
@@ -44,13 +46,14 @@ NUM_MASK_TOKENS = 4  # single-mask token + 3 multimask tokens
 BACKBONE_STRIDE = 16
 
 STAGES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
-PREPROCESS, POSTPROCESS = "preprocess", "postprocess"
-EDGE_STAGES = (PREPROCESS, POSTPROCESS)
+PREPROCESS, VIDEO_PREPROCESS, POSTPROCESS = "preprocess", "video_preprocess", "postprocess"
+EDGE_STAGES = (PREPROCESS, VIDEO_PREPROCESS, POSTPROCESS)
 # Largest frame side the edge graphs' profiles admit by default: 1080p in
 # either orientation. TensorRT sizes the graphs' activations for the largest
 # frame (computed from the shapes at 1920 x 1920: the preprocess graph's
-# gathered taps [3,H,S,K] float32 118 MB for a 1024 px model; the postprocess
-# graph's logits [N,H,W] float32 118 MB at 8 objects), so 4K is opt-in.
+# gathered taps [3,H,S,K] float32 118 MB for a 1024 px model, the video
+# preprocess graph's [3,H,S,9] int32 212 MB; the postprocess graph's logits
+# [N,H,W] float32 118 MB at 8 objects), so 4K is opt-in.
 DEFAULT_MAX_FRAME_SIDE = 1920
 
 # Ranges of the dynamic axes: (min, opt, max). Used for TensorRT profiles and
@@ -182,6 +185,33 @@ def preprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> 
     )
 
 
+def video_preprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> StageSpec:
+    """The frame -> model-input graph of sam2's video loader: ``frame`` uint8 ``[H,W,3]`` RGB and
+    Pillow's fixed-point bicubic taps of each axis (``col_idx/col_w [S,Kw]``, ``row_idx/row_w
+    [S,Kh]``, all int32, and ``vertical_first [1]`` bool, the pass order, from
+    :func:`runtime.sam2.inputs.video_frame_taps`) -> ``image [1,3,S,S]`` float32 in [0, 1]
+    (:func:`runtime.sam2.inputs.video_frame_to_model_input`).
+
+    Integer arithmetic throughout (Pillow's), so the result is exact on any
+    backend. Frames of 16 .. ``max_side`` pixels per side; Pillow's tap count is
+    ``2 * ceil(2 * max(1, side / S)) + 1``.
+    """
+    check_image_size(image_size)
+    frames = _frame_ranges(max_side)
+    k_max = 2 * max(2, -(-2 * max_side // image_size)) + 1
+    s, i32 = image_size, "int32"
+    taps = (5, 5, k_max)
+    return StageSpec(
+        VIDEO_PREPROCESS,
+        inputs=(TensorSpec("frame", ("frame_h", "frame_w", 3), "uint8"),
+                TensorSpec("col_idx", (s, "taps_w"), i32), TensorSpec("col_w", (s, "taps_w"), i32),
+                TensorSpec("row_idx", (s, "taps_h"), i32), TensorSpec("row_w", (s, "taps_h"), i32),
+                TensorSpec("vertical_first", (1,), "bool")),
+        outputs=(TensorSpec("image", (1, 3, s, s), "float32"),),
+        axis_ranges={**frames, "taps_w": taps, "taps_h": taps},
+    )
+
+
 def _frame_ranges(max_side: int) -> Dict[str, AxisRange]:
     if not isinstance(max_side, int) or isinstance(max_side, bool) or max_side < 16:
         raise UsageError(f"the largest frame side must be an integer >= 16, got {max_side!r}")
@@ -214,8 +244,9 @@ def postprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
 
 def edge_specs(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
                objects: AxisRange = DEFAULT_AXIS_RANGES["objects"]) -> Dict[str, StageSpec]:
-    """Both edge stages of a SAM2 folder, by name (:data:`EDGE_STAGES` order)."""
+    """The edge stages of a SAM2 folder, by name (:data:`EDGE_STAGES` order)."""
     return {PREPROCESS: preprocess_spec(image_size, max_side),
+            VIDEO_PREPROCESS: video_preprocess_spec(image_size, max_side),
             POSTPROCESS: postprocess_spec(image_size, max_side, objects)}
 
 

@@ -24,9 +24,11 @@ from runtime.sam2.inputs import (
     mask_downsample,
     postprocess_feeds,
     preprocess_feeds,
+    video_frame_to_model_input,
+    video_preprocess_feeds,
 )
 from runtime.sam2.memory import pack_objects
-from runtime.sam2.spec import POSTPROCESS, PREPROCESS, STAGES
+from runtime.sam2.spec import POSTPROCESS, PREPROCESS, STAGES, VIDEO_PREPROCESS
 
 NO_OBJ_SCORE = -1024.0  # sam2's logit for "object absent"
 BINARIZED_LOGIT = 1e4  # sigmoid() of +-1e4 is exactly 1 / 0 in float32
@@ -111,21 +113,33 @@ class Sam2Stages:
         fits = rng["frame_h"][0] <= hw[0] <= rng["frame_h"][2] and rng["frame_w"][0] <= hw[1] <= rng["frame_w"][2]
         return r if fits else None
 
-    def on_backend(self, rgb: np.ndarray) -> bool:
+    def on_backend(self, rgb: np.ndarray, video: bool = False) -> bool:
         """Whether ``rgb`` (:func:`~runtime.core.images.image_to_rgb`) becomes the model input in the
-        session's preprocess graph: a uint8 frame inside its profile's sizes."""
-        return rgb.dtype == np.uint8 and self._edge_for(PREPROCESS, rgb.shape[:2]) is not None
+        session's preprocess graph (``video``: its video preprocess graph): a uint8 frame inside its
+        profile's sizes."""
+        return rgb.dtype == np.uint8 and self._edge_for(VIDEO_PREPROCESS if video else PREPROCESS,
+                                                        rgb.shape[:2]) is not None
 
-    def model_input(self, rgb: np.ndarray):
+    def model_input(self, rgb: np.ndarray, video: bool = False):
         """RGB ``[H,W,3]`` (uint8, or float in [0,1]) -> ``image [1,3,S,S]``: on the backend where
-        :meth:`on_backend` (backend-native), else on the host (the same resize in NumPy)."""
-        if self.on_backend(rgb):
+        :meth:`on_backend` (backend-native), else on the host (the same resize in NumPy).
+
+        sam2's image predictor's resize (antialiased bilinear); with ``video``, a uint8 frame
+        as sam2's video loader resizes it (Pillow's bicubic, :func:`video_frame_to_model_input`;
+        a float frame has no uint8 pixels to give Pillow, so it takes the image predictor's)."""
+        video = video and rgb.dtype == np.uint8
+        if self.on_backend(rgb, video):
+            if video:
+                return self.runners[VIDEO_PREPROCESS].infer(video_preprocess_feeds(rgb, self.size))["image"]
             return self.runners[PREPROCESS].infer(preprocess_feeds(rgb, self.size))["image"]
+        if video:
+            return video_frame_to_model_input(rgb, self.size)
         return image_to_model_input(rgb_to_float(rgb), self.size)
 
-    def encode_image(self, rgb: np.ndarray) -> Dict[str, Any]:
-        """RGB ``[H,W,3]`` (uint8, or float in [0,1]) -> encoder outputs (backend-native)."""
-        return self.runners["image_encoder"].infer({"image": self.model_input(rgb)})
+    def encode_image(self, rgb: np.ndarray, video: bool = False) -> Dict[str, Any]:
+        """RGB ``[H,W,3]`` (uint8, or float in [0,1]) -> encoder outputs (backend-native);
+        ``video``: see :meth:`model_input`."""
+        return self.runners["image_encoder"].infer({"image": self.model_input(rgb, video)})
 
     def to_frame(self, low_res: np.ndarray, hw: Tuple[int, int], thr_logit: float, logits: bool = True
                  ) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:

@@ -22,6 +22,7 @@ from runtime.core.session import EngineSession, Product, serialized
 from runtime.errors import InputError, ProfileLimitError
 from runtime.core.images import image_to_rgb, threshold_logit
 from runtime.sam2.inputs import mask_to_model_size
+from runtime.sam2.spec import POSTPROCESS, VIDEO_PREPROCESS
 from runtime.sam2.stages import FrameOutput, Sam2Stages, objects_per_call_for
 
 LOGIT_CLAMP = 32.0  # sam2 clamps earlier logits before feeding them back as a mask prompt
@@ -78,6 +79,11 @@ class VideoTracker(Product):
 
     ``num_frames`` is the video length when known (sam2 scales pointer
     position encodings by it); ``None`` for a live stream.
+    uint8 frames are resized as sam2's video loader resizes the JPEG frames of
+    a video folder (Pillow's bicubic, stretched to the square: the folder's
+    video preprocess graph, or :func:`~runtime.sam2.inputs.video_frame_to_model_input`
+    on the host), so masks match ``SAM2VideoPredictor`` on the same frames;
+    float frames take the image predictor's antialiased bilinear resize.
     ``binarize_prompt_masks``: prompted frames enter memory as hard masks, as
     sam2's ``build_sam2_video_predictor`` configures (whatever the export's
     config says).
@@ -90,6 +96,8 @@ class VideoTracker(Product):
     ``return_logits``: whether each :class:`ObjectMask` carries the frame-size
     logits too (``False``: None, and only masks come back from the device).
     """
+
+    EDGES = (VIDEO_PREPROCESS, POSTPROCESS)
 
     def __init__(self, session: EngineSession, threshold: float = 0.5,
                  binarize_prompt_masks: bool = True, objects_per_call: Optional[int] = None,
@@ -166,7 +174,7 @@ class VideoTracker(Product):
         feats = self._prompt_feats.get(frame_idx)
         if feats is None:
             r = st.runners["image_encoder"]
-            feats = {k: r.to_host(v).copy() for k, v in st.encode_image(rgb).items()}
+            feats = {k: r.to_host(v).copy() for k, v in st.encode_image(rgb, video=True).items()}
             self._prompt_feats[frame_idx] = feats
         obj = self._objects.setdefault(obj_id, _ObjectState())
         if mask is not None:
@@ -266,7 +274,7 @@ class VideoTracker(Product):
         encoder once per object."""
         st = self.stages
         memories = [self._object_memory(o, frame_idx, num_frames) for o in objs]
-        enc = st.encode_image(rgb)
+        enc = st.encode_image(rgb, video=True)
         multimask = self._multimask_when_tracking()
         outs: List[Optional[FrameOutput]] = [None] * len(objs)
         for call in plan_calls(memories, self.objects_per_call, self.pad_objects):

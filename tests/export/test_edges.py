@@ -2,7 +2,9 @@
 
 preprocess (a uint8 frame -> the image encoder's input): the reference is
 PyTorch's antialiased bilinear resize, which SANSA's and sam2's image
-transforms apply to the frame as float in [0, 1]. postprocess (the chosen
+transforms apply to the frame as float in [0, 1]. video_preprocess: the
+reference is sam2's video loader itself (Pillow's bicubic on the JPEG frames
+it reads). postprocess (the chosen
 low-res logits -> frame-size logits and masks): the reference is PyTorch's
 plain bilinear resize, sam2's ``postprocess_masks``, then the threshold.
 """
@@ -15,13 +17,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.edges import check_edge, postprocess_graph, preprocess_graph
+from export.edges import check_edge, postprocess_graph, preprocess_graph, video_preprocess_graph
 from export.trt_build import profile_shapes
 from runtime.core.compare import EDGE_PARITY
 from runtime.core.folder import Manifest, ModelFolder
 from runtime.errors import ModelFolderError, UsageError
-from runtime.sam2.inputs import frame_taps, logit_taps, postprocess_feeds, preprocess_feeds
-from runtime.sam2.spec import EDGE_STAGES, POSTPROCESS, postprocess_spec, preprocess_spec
+from runtime.sam2.inputs import (frame_taps, logit_taps, postprocess_feeds, preprocess_feeds, video_frame_taps,
+                                 video_preprocess_feeds)
+from runtime.sam2.spec import EDGE_STAGES, POSTPROCESS, postprocess_spec, preprocess_spec, video_preprocess_spec
 from tests.export.test_build_cli import BASE, run
 
 
@@ -78,6 +81,53 @@ def test_a_wrong_graph_fails_its_parity_check():
     model = preprocess_graph(spec)
     inv = next(t for t in model.graph.initializer if t.name == "inv255")
     inv.float_data[0] = 1.0 / 254.0  # 0.4 % off: far above the gate
+    report = check_edge(spec, model.SerializeToString())
+    assert not report["passed"] and report["rel_l2"] > 1e-3
+
+
+def test_video_graph_is_sam2s_video_loader(tmp_path):
+    """The video preprocess graph (ONNX Runtime) vs ``load_video_frames_from_jpg_images`` (mean 0,
+    std 1: the resized frame / 255) on the JPEG frames it reads: bit for bit, landscape, portrait
+    (Pillow 13 resizes those vertical pass first), growing and mixed frames."""
+    import PIL
+    import torch
+    from PIL import Image
+    from sam2.utils.misc import load_video_frames_from_jpg_images
+
+    spec = video_preprocess_spec(256)
+    sess = ort.InferenceSession(video_preprocess_graph(spec).SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    pillow13 = int(PIL.__version__.split(".")[0]) >= 13
+    for h, w in [(480, 640), (640, 360), (200, 150), (120, 700), (256, 256)]:
+        folder = tmp_path / f"{h}x{w}"
+        folder.mkdir()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / "00000.jpg", quality=90)
+        frame = np.array(Image.open(folder / "00000.jpg").convert("RGB"))
+        feeds = video_preprocess_feeds(frame, 256)
+        got = sess.run(["image"], feeds)[0]
+        if feeds["vertical_first"][0] and not pillow13:
+            continue  # this Pillow runs the other order
+        ref = load_video_frames_from_jpg_images(str(folder), 256, True, img_mean=(0, 0, 0), img_std=(1, 1, 1),
+                                                compute_device=torch.device("cpu"))[0]
+        np.testing.assert_array_equal(got, ref.numpy(), err_msg=f"{h}x{w}")
+    assert video_frame_taps(640, 360, 256)["vertical_first"][0] and not video_frame_taps(480, 640, 256)["vertical_first"][0]
+
+
+def test_video_spec_profile_admits_pillows_taps():
+    spec = video_preprocess_spec(256, max_side=1920)
+    shapes = profile_shapes(spec)
+    k_max = shapes["col_idx"][2][1]
+    widest = max(video_frame_taps(16, n, 256)["col_idx"].shape[1] for n in range(16, 1921, 7))
+    assert video_frame_taps(16, 1920, 256)["col_idx"].shape[1] == k_max >= widest  # tight: Pillow's own count
+    assert shapes["col_idx"][0] == (256, 5) and "vertical_first" not in shapes  # static
+    assert {spec.input(n).dtype for n in ("col_idx", "col_w", "row_idx", "row_w")} == {"int32"}
+
+
+def test_a_wrong_video_graph_fails_its_parity_check():
+    spec = video_preprocess_spec(256)
+    model = video_preprocess_graph(spec)
+    half = next(t for t in model.graph.initializer if t.name == "half")
+    half.int32_data[0] = 0  # Pillow's rounding dropped: levels 1 lower on about half the pixels
     report = check_edge(spec, model.SerializeToString())
     assert not report["passed"] and report["rel_l2"] > 1e-3
 

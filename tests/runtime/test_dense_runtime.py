@@ -191,20 +191,3 @@ def test_segment_cli_dense(tmp_path, capsys):
     rc = main(["--model-dir", str(built("features-fpn")), "--target", str(tmp_path / "a.png"),
                "--out", str(tmp_path / "out2")])
     assert rc == 2 and "FeatureExtractor" in capsys.readouterr().err
-
-
-def test_pil_resize_is_pillows_horizontal_then_vertical_passes():
-    """Each pass is Pillow's to the pixel; the two passes in Pillow <= 12's order (horizontal first)
-    are what resize_uint8_pil computes, whatever order the installed Pillow picks for the shape."""
-    from PIL import Image
-
-    from runtime.core.resize import resize_uint8_pil
-
-    img = np.random.default_rng(4).integers(0, 256, (1920, 1080, 3), dtype=np.uint8)  # portrait, shrinking
-
-    def pil(a, h, w):
-        return np.array(Image.fromarray(a).resize((w, h), Image.BILINEAR))
-
-    np.testing.assert_array_equal(resize_uint8_pil(img, (1920, 512)), pil(img, 1920, 512))
-    np.testing.assert_array_equal(resize_uint8_pil(img, (512, 1080)), pil(img, 512, 1080))
-    np.testing.assert_array_equal(resize_uint8_pil(img, (512, 512)), pil(pil(img, 1920, 512), 512, 512))

@@ -109,3 +109,61 @@ def test_closest_cond_frames_matches_sam2(max_cond):
         ref_sel, ref_unsel = select_closest_cond_frames(frame_idx, cond, max_cond)
         sel, unsel = closest_cond_frames(frame_idx, list(cond), max_cond)
         assert sorted(sel) == sorted(ref_sel) and sorted(unsel) == sorted(ref_unsel)
+
+
+def _pillow(a: np.ndarray, hw, resample: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.array(Image.fromarray(a).resize((hw[1], hw[0]), getattr(Image, resample.upper())))
+
+
+@pytest.mark.parametrize("resample", ["bilinear", "bicubic"])
+def test_pil_resize_is_pillow_to_the_pixel(resample):
+    """resize_uint8_pil vs Pillow: each pass alone to the pixel at shrinking, growing and mixed
+    sizes; both passes in Pillow 13's order (pil_vertical_first) to the pixel when the installed
+    Pillow is 13 or later, and in Pillow <= 12's order (horizontal first) as Pillow's passes one
+    after the other. Tall shrinking shapes are where the two orders differ."""
+    import PIL
+
+    from runtime.core.resize import pil_vertical_first, resize_uint8_pil
+
+    rng = np.random.default_rng(5)
+    pillow13 = int(PIL.__version__.split(".")[0]) >= 13
+    orders = []
+    for (h, w), s in [((480, 640), 256), ((1080, 1920), 1024), ((90, 70), 256), ((300, 1000), 352),
+                      ((1920, 1080), 512), ((640, 480), 512), ((640, 480), 1024), ((600, 500), 256),
+                      ((700, 330), 352)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(resize_uint8_pil(img, (h, s), resample), _pillow(img, (h, s), resample))
+        np.testing.assert_array_equal(resize_uint8_pil(img, (s, w), resample), _pillow(img, (s, w), resample))
+        twelve = _pillow(_pillow(img, (h, s), resample), (s, s), resample)
+        np.testing.assert_array_equal(resize_uint8_pil(img, (s, s), resample, vertical_first=False), twelve)
+        vertical = pil_vertical_first((h, w), (s, s))
+        orders.append(vertical)
+        if vertical:
+            assert (resize_uint8_pil(img, (s, s), resample) != twelve).any(), (h, w, s)
+        if pillow13:
+            np.testing.assert_array_equal(resize_uint8_pil(img, (s, s), resample), _pillow(img, (s, s), resample),
+                                          err_msg=str((h, w, s)))
+    assert orders.count(True) == 3  # both orders are exercised
+
+
+def test_video_frames_are_resized_as_sam2s_video_loader(tmp_path):
+    """video_frame_to_model_input vs sam2's ``load_video_frames_from_jpg_images`` (mean 0, std 1,
+    so its output is the resized frame / 255) on JPEG frames it reads: bit for bit."""
+    from PIL import Image
+    from sam2.utils.misc import load_video_frames_from_jpg_images
+
+    from runtime.sam2.inputs import video_frame_to_model_input
+
+    rng = np.random.default_rng(6)
+    for h, w in [(480, 640), (200, 150), (256, 256)]:  # landscape shrink, growing, identity
+        folder = tmp_path / f"{h}x{w}"
+        folder.mkdir()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / "00000.jpg", quality=90)
+        frame = np.array(Image.open(folder / "00000.jpg").convert("RGB"))
+        ref, vh, vw = load_video_frames_from_jpg_images(str(folder), 256, True, img_mean=(0, 0, 0),
+                                                        img_std=(1, 1, 1), compute_device=torch.device("cpu"))
+        got = video_frame_to_model_input(frame, 256)
+        assert (vh, vw) == (h, w) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, ref.numpy())

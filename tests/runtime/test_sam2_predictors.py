@@ -6,9 +6,9 @@ sam2's ``SAM2ImagePredictor`` / ``SAM2VideoPredictor`` and by
 :class:`ImagePredictor` and :class:`VideoTracker` must agree with them.
 hiera-tiny at 256 px. Differences we match on purpose, and why:
 
-- the official video loader resizes JPEG frames with PIL; the generated video
-  is already 256x256, so both sides feed the same decoded pixels unresized
-  (the runtime decodes the same JPEG files with PIL);
+- the official video loader resizes JPEG frames with Pillow (bicubic); the
+  runtime decodes the same JPEG files with PIL and resizes them as the loader
+  (the main video is 256x256, unresized; a portrait one is resized);
 - ``SAM2ImagePredictor`` hard-codes the backbone feature sizes of a 1024 px
   model; at 256 px the test sets them to 64/32/16;
 - sam2's hole filling needs its CUDA extension (absent here: it skips with a
@@ -136,46 +136,81 @@ def video_prompts():
     ]
 
 
-def test_video_tracker_matches_sam2_video_predictor(stock, video):
+def _official_video(choice, ckpt, folder, prompts):
+    """sam2's ``SAM2VideoPredictor`` on the JPEG folder: {frame: {object: logits at the video's size}}."""
     from sam2.build_sam import build_sam2_video_predictor
 
-    choice, ckpt, engines = stock
-    folder, frames = video
     official = build_sam2_video_predictor(choice.config_name, str(ckpt), device="cpu",
                                           hydra_overrides_extra=choice.size_overrides())
     official.fill_hole_area = 0
     state = official.init_state(str(folder))
-    for p in video_prompts():
+    for p in prompts:
         if "mask" in p:
             official.add_new_mask(state, p["frame"], p["obj"], p["mask"])
         else:
             official.add_new_points_or_box(state, p["frame"], p["obj"], points=p.get("points"),
                                            labels=p.get("labels"), box=p.get("box"))
-    ref = {f: {i: m[k, 0].numpy() for k, i in enumerate(ids)}
-           for f, ids, m in official.propagate_in_video(state)}
-    assert sorted(ref) == list(range(NUM_FRAMES))
+    return {f: {i: m[k, 0].numpy() for k, i in enumerate(ids)} for f, ids, m in official.propagate_in_video(state)}
 
+
+def _compare_tracking(ours, frames, prompts, ref):
+    """Prompt and propagate ``ours``; (worst IoU, worst logits rel L2, median foreground) against ``ref``."""
+    for p in prompts:
+        ours.add_prompt(p["frame"], p["obj"], frames[p["frame"]], points=p.get("points"),
+                        labels=p.get("labels"), box=p.get("box"), mask=p.get("mask"))
+    bound = 2 * (2 + ours.stages.cfg["max_obj_ptrs_in_encoder"] + 1)
+    worst_iou, worst_rel, seen, foreground = 1.0, 0.0, [], []
+    ids = {p["obj"] for p in prompts}
+    for out in ours.propagate(frames):
+        seen.append(out.frame_idx)
+        assert set(out.objects) == ids
+        for obj_id, got in out.objects.items():
+            r = ref[out.frame_idx][obj_id]
+            worst_iou = min(worst_iou, iou(got.mask, r > 0))
+            worst_rel = max(worst_rel, rel_l2(got.logits, r))
+            foreground.append(float((r > 0).mean()))
+        assert ours.stored_frames() <= bound  # the bank does not grow with the video
+    assert seen == list(range(len(frames)))
+    return worst_iou, worst_rel, float(np.median(foreground))
+
+
+def test_video_tracker_matches_sam2_video_predictor(stock, video):
+    choice, ckpt, engines = stock
+    folder, frames = video
+    ref = _official_video(choice, ckpt, folder, video_prompts())
+    assert sorted(ref) == list(range(NUM_FRAMES))
     with VideoTracker.load(engines, backend="onnxruntime") as ours:
-        for p in video_prompts():
-            ours.add_prompt(p["frame"], p["obj"], frames[p["frame"]], points=p.get("points"),
-                            labels=p.get("labels"), box=p.get("box"), mask=p.get("mask"))
-        bound = 2 * (2 + ours.stages.cfg["max_obj_ptrs_in_encoder"] + 1)
-        worst_iou, worst_rel, seen, foreground = 1.0, 0.0, [], []
-        for out in ours.propagate(frames):
-            seen.append(out.frame_idx)
-            assert set(out.objects) == {1, 2}
-            for obj_id, got in out.objects.items():
-                r = ref[out.frame_idx][obj_id]
-                worst_iou = min(worst_iou, iou(got.mask, r > 0))
-                worst_rel = max(worst_rel, rel_l2(got.logits, r))
-                foreground.append(float((r > 0).mean()))
-            assert ours.stored_frames() <= bound  # the bank does not grow with the video
-    assert seen == list(range(NUM_FRAMES))
-    assert 0.05 < np.median(foreground) < 0.95, "masks are trivially empty or full"
+        worst_iou, worst_rel, fg = _compare_tracking(ours, frames, video_prompts(), ref)
+    assert 0.05 < fg < 0.95, "masks are trivially empty or full"
     print(f"\nSAM2 {choice.sam2_version} video: worst per-frame IoU {worst_iou:.6f}, "
-          f"worst logits rel L2 {worst_rel:.2e}, median foreground {np.median(foreground):.2f}")
+          f"worst logits rel L2 {worst_rel:.2e}, median foreground {fg:.2f}")
     assert worst_iou >= IOU_MIN
     assert worst_rel < REL_L2_MAX
+
+
+@pytest.mark.parametrize("preprocess", ["host", "backend"])
+def test_video_tracker_resizes_frames_as_sam2s_video_loader(stock_sam2_factory, tmp_path, preprocess):
+    """A portrait video (320x200 frames: sam2's loader stretches them to 256x256 with Pillow's
+    bicubic, vertical pass first in Pillow 13): the tracker's masks match SAM2VideoPredictor's
+    with the resize on the host (NumPy) and in the folder's video preprocess graph."""
+    import PIL
+    from PIL import Image
+
+    if int(PIL.__version__.split(".")[0]) < 13:
+        pytest.skip("the runtime follows Pillow 13's pass order; this Pillow runs the other for these frames")
+    choice, ckpt, engines = stock_sam2_factory("2.1")
+    for t in range(8):
+        Image.fromarray(scene(t, size=(320, 200))).save(tmp_path / f"{t:05d}.jpg", quality=95)
+    frames = [np.array(Image.open(tmp_path / f"{t:05d}.jpg").convert("RGB")) for t in range(8)]
+    prompts = [dict(frame=0, obj=1, points=[[60, 80]], labels=[1]), dict(frame=0, obj=2, box=[150, 30, 199, 90])]
+    ref = _official_video(choice, ckpt, tmp_path, prompts)
+    with VideoTracker.load(engines, backend="onnxruntime", preprocess=preprocess) as ours:
+        assert ("video_preprocess" in ours.session.runners) == (preprocess == "backend")
+        worst_iou, worst_rel, fg = _compare_tracking(ours, frames, prompts, ref)
+    assert 0.02 < fg < 0.95, "masks are trivially empty or full"
+    print(f"\nportrait video, preprocess={preprocess}: worst per-frame IoU {worst_iou:.6f}, "
+          f"worst logits rel L2 {worst_rel:.2e}, median foreground {fg:.2f}")
+    assert worst_iou >= IOU_MIN and worst_rel < REL_L2_MAX, (worst_iou, worst_rel)
 
 
 # ---------------------------------------------------------------- bad input

@@ -119,6 +119,7 @@ def _drop_saturating(folder: ModelFolder, stages, strict: bool):
 
 
 EDGE_MODES = ("auto", "backend", "host")
+EDGE_OPTIONS = ("preprocess", "postprocess")
 PREPROCESS_HELP = ("where frames become the model input: backend (the folder's preprocess graph, next to the "
                    "encoder), host (NumPy), auto (backend on TensorRT and ONNX Runtime GPU providers, host "
                    "on the CPU provider, where NumPy is faster)")
@@ -127,38 +128,56 @@ POSTPROCESS_HELP = ("where mask logits become frame-size masks: backend (the fol
                     "and ONNX Runtime GPU providers, host on the CPU provider, where OpenCV is faster)")
 
 
+def edge_option(stage: str) -> str:
+    """The option (:data:`EDGE_OPTIONS`) that places edge ``stage``: every ``*postprocess`` graph
+    by ``postprocess``, every other (``preprocess``, ``video_preprocess``) by ``preprocess``."""
+    return "postprocess" if stage.endswith("postprocess") else "preprocess"
+
+
 def edge_stages_to_run(folder: ModelFolder, backend: str, providers=None,
-                       modes: Optional[Mapping[str, str]] = None) -> Dict[str, StageSpec]:
+                       modes: Optional[Mapping[str, str]] = None,
+                       stages: Optional[Sequence[str]] = None) -> Dict[str, StageSpec]:
     """The folder's edge stages (its preprocess / postprocess graphs) that run on ``backend`` (resolved).
 
-    ``modes``: per edge stage (default "auto"): "backend" runs it (an error
-    when the folder has none, or no engine for it on TensorRT); "host" never
-    (the host does that step); "auto" runs it on TensorRT and on ONNX
-    Runtime's GPU providers, not on the CPU provider, where NumPy / OpenCV
-    are faster than the graphs (bench/reports/frame-budget.md).
+    ``stages``: the edge stages wanted (a product's; None: all of the
+    folder's). ``modes``, per option (:func:`edge_option`, default "auto"):
+    "backend" runs the stages it places (an error when the folder lacks one, or
+    has no engine for it on TensorRT); "host" never (the host does that step);
+    "auto" runs them on TensorRT and on ONNX Runtime's GPU providers, not on the
+    CPU provider, where NumPy / OpenCV are faster than the graphs
+    (bench/reports/frame-budget.md).
     """
     modes = dict(modes or {})
+    for option, mode in modes.items():
+        if option not in EDGE_OPTIONS:
+            raise UsageError(f"unknown edge option {option!r}; choose from {', '.join(EDGE_OPTIONS)}")
+        if mode not in EDGE_MODES:
+            raise UsageError(f"unknown {option} mode {mode!r}; choose one of {', '.join(EDGE_MODES)}")
     edges = folder.manifest.edge_specs
+    names = list(edges) if stages is None else list(stages)
+    for option, mode in modes.items():  # "backend" with nothing of that kind to run it on
+        if mode == "backend" and not any(edge_option(n) == option for n in names):
+            raise UsageError(f"{option}='backend' but {str(folder.path)!r} has no {option} graph (built by an "
+                             f"older export.build): rebuild it, or use {option}='host'")
     cpu = False
     if backend == "onnxruntime":
         from runtime.core.backends.onnxruntime import cpu_provider_only
 
         cpu = cpu_provider_only(providers)
     out = {}
-    for name in dict.fromkeys([*edges, *modes]):
-        mode = modes.get(name, "auto")
-        if mode not in EDGE_MODES:
-            raise UsageError(f"unknown {name} mode {mode!r}; choose one of {', '.join(EDGE_MODES)}")
+    for name in names:
+        option = edge_option(name)
+        mode = modes.get(option, "auto")
         spec = edges.get(name)
         usable = spec is not None and (backend != "tensorrt" or folder.stage(name).engine)
         if mode == "backend":
             if spec is None:
-                raise UsageError(f"{name}='backend' but {str(folder.path)!r} has no {name} graph (built by "
-                                 f"an older export.build): rebuild it, or use {name}='host'")
+                raise UsageError(f"{option}='backend' but {str(folder.path)!r} has no {name} graph (built by "
+                                 f"an older export.build): rebuild it, or use {option}='host'")
             if not usable:
                 why = folder.manifest.tensorrt.get("edge_failures", {}).get(name)
-                raise BackendUnavailable(f"{name}='backend' but the folder has no TensorRT engine for it "
-                                         f"({why or 'not built'}); use {name}='host' (or 'auto')")
+                raise BackendUnavailable(f"{option}='backend' but the folder has no TensorRT engine for its {name} "
+                                         f"graph ({why or 'not built'}); use {option}='host' (or 'auto')")
         if usable and (mode == "backend" or (mode == "auto" and not cpu)):
             out[name] = spec
     return out
@@ -211,5 +230,5 @@ def close_runners(runners: Mapping[str, StageRunner]) -> None:
 
 
 __all__ = ["close_runners", "BACKENDS", "BackendUnavailable", "CPU_INT8_HELP", "CPU_INT8_MODES", "StageRunner",
-           "EDGE_MODES", "POSTPROCESS_HELP", "PREPROCESS_HELP", "edge_stages_to_run", "onnx_variants", "open_runners",
-           "resolve_backend"]
+           "EDGE_MODES", "EDGE_OPTIONS", "POSTPROCESS_HELP", "PREPROCESS_HELP", "edge_option", "edge_stages_to_run",
+           "onnx_variants", "open_runners", "resolve_backend"]
