@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default engines/<model>-<version>-<size>-<precision>)")
     add_debug(p)
 
+    p.add_argument("--max-frame-side", type=int, default=1920, metavar="PX",
+                   help="largest frame side (height or width) the edge graphs take (SAM2 and the dense "
+                        "segmentation models): frames up to it become the model input, and get their "
+                        "masks, on the backend (TensorRT); larger ones on the host. TensorRT sizes those "
+                        "engines' activations for it (from the shapes at 1920 x 1920 for a 1024 px model: "
+                        "the preprocess graph's gathered taps 118 MB, the video preprocess graph's 212 MB, "
+                        "the postprocess graph's logits 118 MB at 8 objects); 3840 admits 4K")
     s = p.add_argument_group("SAM2 (few-shot and stock)")
     s.add_argument("--sam2-version", default=None, choices=SAM2_VERSIONS,
                    help="SAM2 config family (default: what --sam2-checkpoint is, told by its keys; 2.1 "
@@ -107,12 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "call take together; more are segmented in several calls. TensorRT sizes those "
                         "engines for N (memory attention at the full memory profile: N times its "
                         "one-object activations)")
-    s.add_argument("--max-frame-side", type=int, default=1920, metavar="PX",
-                   help="largest frame side (height or width) the edge graphs take: frames up to it become "
-                        "the model input, and get their masks, on the backend (TensorRT); larger ones on the "
-                        "host. TensorRT sizes those engines' activations for it (from the shapes at 1920 x "
-                        "1920: the preprocess graph's gathered taps 118 MB for a 1024 px model, the "
-                        "postprocess graph's logits 118 MB at 8 objects); 3840 admits 4K")
     s.add_argument("--int8-stages", default="image_encoder",
                    help="int8: comma-separated stages to quantize (or 'all'); the others stay fp16. The "
                         "build is refused (status failed) when the accuracy gate fails, with the mixed "

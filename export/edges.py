@@ -1,4 +1,4 @@
-"""The edge graphs of SAM2 folders: a uint8 frame -> the encoder's input, low-res logits -> frame masks.
+"""The edge graphs: a uint8 frame -> the encoder's input, low-res logits -> frame masks.
 
 Both resizes are, for one frame size, fixed separable linear maps with a few
 taps per output pixel and axis (:func:`runtime.core.resize.filter_taps`). The
@@ -12,11 +12,12 @@ size), so one graph serves every frame size in its profile.
       * col_w, ReduceSum(-1) -> [3,H,S] -Transpose-> [3,S,H] -Gather(row_idx, axis 2)-> [3,S,S,Kh]
       * row_w, ReduceSum(-1) -> [3,S(w),S(h)] / 255 -Transpose-> image [1,3,S,S]
 
-*video_preprocess* (sam2's video loader: Pillow's 8-bit bicubic resize,
-:func:`runtime.sam2.inputs.video_frame_to_model_input`), in Pillow's integer
-arithmetic, each pass summed from 2**21, clipped and shifted to 0..255 as
-``Resample.c`` does; the weights are Pillow's fixed-point ones (22 fraction
-bits)::
+*the Pillow graph* (:func:`pil_preprocess_graph`: SAM2 folders'
+*video_preprocess*, sam2's video loader, bicubic; the dense folders'
+*preprocess*, the authors' bilinear; :func:`runtime.core.edges.pil_model_input`),
+in Pillow's integer arithmetic, each pass summed from 2**21, clipped and
+shifted to 0..255 as ``Resample.c`` does; the weights (fed, so one graph serves
+both filters) are Pillow's fixed-point ones (22 fraction bits)::
 
     frame [H,W,3] uint8 -Cast int32-> Transpose [3,H,W] -If(vertical_first)->
       else: Gather(col_idx, axis 2) [3,H,S,Kw] * col_w, ReduceSum(-1) + 2**21, Max 0,
@@ -38,7 +39,7 @@ than the output)::
 
 Only Cast, Transpose, Gather, Mul, Add, ReduceSum, Max, Min, Div, If, Unsqueeze
 and Greater: no GEMM, so no TF32 on TensorRT; every product of the float graphs is
-computed in FP32 as in NumPy, the video graph's in int32 as in Pillow (width
+computed in FP32 as in NumPy, the Pillow graph's in int32 as in Pillow (width
 first, then height, as the references do). The
 graphs are written with ``onnx.helper`` (no PyTorch) and verified in ONNX
 Runtime against their NumPy reference before they are recorded.
@@ -47,6 +48,7 @@ Runtime against their NumPy reference before they are recorded.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -55,11 +57,12 @@ import onnx
 from onnx import TensorProto, helper
 
 from runtime.core.compare import EDGE_PARITY, compare_outputs, mask_iou, worst
+from runtime.core.edges import UNIT_LEVELS, pil_model_input, pil_preprocess_feeds
 from runtime.core.fileio import atomic_path, sha256_file
 from runtime.core.folder import FileRecord, StageRecord, onnx_name
 from runtime.core.resize import resize_bilinear
 from runtime.core.spec import StageSpec
-from runtime.sam2.inputs import (UNIT_LEVELS, image_to_model_input, postprocess_feeds, preprocess_feeds,
+from runtime.sam2.inputs import (image_to_model_input, postprocess_feeds, preprocess_feeds,
                                  video_frame_to_model_input, video_preprocess_feeds)
 from runtime.sam2.spec import POSTPROCESS, PREPROCESS, VIDEO_PREPROCESS
 
@@ -144,8 +147,8 @@ def _pil_branch(vertical_first: bool, s: int) -> onnx.GraphProto:
     return helper.make_graph(nodes, f"{p}_first", [], [info])
 
 
-def video_preprocess_graph(spec: StageSpec) -> onnx.ModelProto:
-    """The checked ONNX model of ``spec`` (:func:`runtime.sam2.spec.video_preprocess_spec`): the
+def pil_preprocess_graph(spec: StageSpec) -> onnx.ModelProto:
+    """The checked ONNX model of ``spec`` (:func:`runtime.core.edges.pil_preprocess_spec`): the
     passes in the order ``vertical_first`` names (Pillow's, :func:`runtime.core.resize.pil_vertical_first`),
     each branch of one ``If``."""
     s = spec.outputs[0].shape[-1]
@@ -188,10 +191,6 @@ def postprocess_graph(spec: StageSpec) -> onnx.ModelProto:
     return _model(spec, nodes, consts)
 
 
-GRAPHS: Dict[str, Callable[[StageSpec], onnx.ModelProto]] = {
-    PREPROCESS: preprocess_graph, VIDEO_PREPROCESS: video_preprocess_graph, POSTPROCESS: postprocess_graph}
-
-
 def parity_frames(spec: StageSpec, size: int) -> List[Tuple[int, int]]:
     """Frame sizes a graph is verified at: 480p, 720p, 1080p, square at the model size ``size``,
     the range's ends, and one mixed (shrinking one axis, growing the other)."""
@@ -200,17 +199,18 @@ def parity_frames(spec: StageSpec, size: int) -> List[Tuple[int, int]]:
     return [(min(max(h, lo), hi), min(max(w, lo), hi)) for h, w in dict.fromkeys(sizes)]
 
 
-def _preprocess_cases(spec: StageSpec, run, rng) -> List[Dict[str, object]]:
-    s = spec.outputs[0].shape[-1]
-    cases = []
-    for h, w in parity_frames(spec, s):
-        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        if spec.name == VIDEO_PREPROCESS:
-            ref, feeds = video_frame_to_model_input(frame, s), video_preprocess_feeds(frame, s)
-        else:
-            ref, feeds = image_to_model_input(frame.astype(np.float32) / np.float32(255.0), s), preprocess_feeds(frame, s)
-        got = run(["image"], feeds)[0]
-        cases.append({"frame": [h, w], **compare_outputs({"image": got}, {"image": ref})["image"]})
+def _frame_cases(feeds: Callable[[np.ndarray, int], Dict[str, np.ndarray]],
+                 reference: Callable[[np.ndarray, int], np.ndarray]):
+    """Parity cases of a frame -> model-input graph: random uint8 frames at :func:`parity_frames`
+    sizes, the graph on ``feeds(frame, S)`` vs ``reference(frame, S)``."""
+    def cases(spec: StageSpec, run, rng) -> List[Dict[str, object]]:
+        s = spec.outputs[0].shape[-1]
+        out = []
+        for h, w in parity_frames(spec, s):
+            frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            got = run(["image"], feeds(frame, s))[0]
+            out.append({"frame": [h, w], **compare_outputs({"image": got}, {"image": reference(frame, s)})["image"]})
+        return out
     return cases
 
 
@@ -228,52 +228,75 @@ def _postprocess_cases(spec: StageSpec, run, rng) -> List[Dict[str, object]]:
     return cases
 
 
-def check_edge(spec: StageSpec, model: bytes, seed: int = 0) -> Dict[str, object]:
-    """The graph in ONNX Runtime vs its NumPy reference (:func:`image_to_model_input`,
-    :func:`video_frame_to_model_input`, or :func:`resize_bilinear` and the threshold) on random inputs at :func:`parity_frames` sizes:
-    worst figures, the FP32 gate, ``passed``."""
+@dataclass(frozen=True)
+class EdgeGraph:
+    """One kind of edge graph: how it is written (``build``), what it does, and its parity
+    ``cases`` against the NumPy ``reference`` (named for the record)."""
+
+    build: Callable[[StageSpec], onnx.ModelProto]
+    what: str
+    reference: str
+    cases: Callable
+
+
+_TORCH, _PILLOW = "(NumPy, torch's bilinear formulas)", "(NumPy, Pillow's integer arithmetic)"
+EDGE_GRAPHS: Dict[str, EdgeGraph] = {
+    "image-predictor": EdgeGraph(
+        preprocess_graph, "a uint8 frame -> the model input (sam2's image predictor)",
+        f"runtime.sam2.inputs.image_to_model_input {_TORCH}",
+        _frame_cases(preprocess_feeds, lambda f, s: image_to_model_input(f.astype(np.float32) / np.float32(255.0), s))),
+    "video-loader": EdgeGraph(
+        pil_preprocess_graph, "a uint8 frame -> the model input (sam2's video loader)",
+        f"runtime.sam2.inputs.video_frame_to_model_input {_PILLOW}",
+        _frame_cases(video_preprocess_feeds, video_frame_to_model_input)),
+    "pillow-bilinear": EdgeGraph(
+        pil_preprocess_graph, "a uint8 frame -> the model input (Pillow's bilinear, as the authors)",
+        f"runtime.core.edges.pil_model_input, bilinear {_PILLOW}",
+        _frame_cases(lambda f, s: pil_preprocess_feeds(f, s, "bilinear"), lambda f, s: pil_model_input(f, s, "bilinear"))),
+    "logits": EdgeGraph(
+        postprocess_graph, "low-res logits -> frame-size logits and masks",
+        f"runtime.core.resize.resize_bilinear, then > threshold {_TORCH}", _postprocess_cases),
+}
+# The graph kind of each SAM2 edge stage.
+SAM2_EDGE_GRAPHS = {PREPROCESS: "image-predictor", VIDEO_PREPROCESS: "video-loader", POSTPROCESS: "logits"}
+
+
+def check_edge(spec: StageSpec, model: bytes, graph: str, seed: int = 0) -> Dict[str, object]:
+    """The ``graph`` kind's (:data:`EDGE_GRAPHS`) ONNX ``model`` of ``spec`` in ONNX Runtime vs its
+    NumPy reference on random inputs at :func:`parity_frames` sizes: worst figures, the FP32 gate
+    (and for masks: IoU, and the masks exactly the logits' threshold), ``passed``."""
     import onnxruntime as ort
 
+    kind = EDGE_GRAPHS[graph]
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    torch_formulas = " (NumPy, torch's bilinear formulas)"
-    if spec.name == PREPROCESS:
-        cases, ref = _preprocess_cases(spec, sess.run, rng), "runtime.sam2.inputs.image_to_model_input" + torch_formulas
-    elif spec.name == VIDEO_PREPROCESS:
-        cases, ref = (_preprocess_cases(spec, sess.run, rng),
-                      "runtime.sam2.inputs.video_frame_to_model_input (NumPy, Pillow's integer arithmetic)")
-    else:
-        cases, ref = (_postprocess_cases(spec, sess.run, rng),
-                      "runtime.core.resize.resize_bilinear, then > threshold" + torch_formulas)
+    cases = kind.cases(spec, sess.run, np.random.default_rng(seed))
     figures = worst(cases)
     passed = not EDGE_PARITY.failures(figures)
-    if spec.name == POSTPROCESS:
+    if graph == "logits":
         figures["mask_iou"] = min(c["mask_iou"] for c in cases)
         passed = passed and all(c["mask_is_logits_above"] for c in cases) and figures["mask_iou"] >= 1 - 1e-4
-    return {**figures, "gate": EDGE_PARITY.as_dict(), "passed": passed,
-            "reference": ref, "cases": cases}
+    return {**figures, "gate": EDGE_PARITY.as_dict(), "passed": passed, "reference": kind.reference, "cases": cases}
 
 
-def export_edge(spec: StageSpec, folder: Path, previous: Optional[StageRecord],
+def export_edge(spec: StageSpec, graph: str, folder: Path, previous: Optional[StageRecord],
                 log: Callable[[str], None]) -> StageRecord:
-    """Write ``folder/<edge stage>.onnx`` (atomically) and verify it; its stage record (FP32 only).
-    ``previous`` (the record of an earlier build) is reused while the file on disk is this graph."""
+    """Write ``folder/<edge stage>.onnx``, a ``graph`` kind (:data:`EDGE_GRAPHS`), atomically and
+    verified; its stage record (FP32 only). ``previous`` (the record of an earlier build) is
+    reused while the file on disk is this graph."""
     path = Path(folder) / onnx_name(spec.name)
-    data = GRAPHS[spec.name](spec).SerializeToString()
+    kind = EDGE_GRAPHS[graph]
+    data = kind.build(spec).SerializeToString()
     prev = previous.files.get("fp32") if previous else None
     tag = f"[{spec.name}]"
     if (prev and previous.parity.get("passed") and path.is_file()
             and sha256_file(path) == prev.sha256 == hashlib.sha256(data).hexdigest()):
         log(f"{tag} up to date, reusing {path.name}")
         return StageRecord({"fp32": prev}, parity=previous.parity)
-    parity = check_edge(spec, data)
+    parity = check_edge(spec, data, graph)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
     lo, _, hi = spec.axis_ranges["frame_w"]
-    what = {PREPROCESS: "a uint8 frame -> the model input (sam2's image predictor)",
-            VIDEO_PREPROCESS: "a uint8 frame -> the model input (sam2's video loader)",
-            POSTPROCESS: "low-res logits -> frame-size logits and masks"}[spec.name]
-    log(f"{tag} {path.name}: frames {lo}..{hi} px per side, {what}, on the backend; "
+    log(f"{tag} {path.name}: frames {lo}..{hi} px per side, {kind.what}, on the backend; "
         f"rel L2 {parity['rel_l2']:.1e} vs the NumPy reference (gate {EDGE_PARITY.max_rel_l2:.0e}) "
         f"{'ok' if parity['passed'] else 'FAILED'}")
     return StageRecord({"fp32": FileRecord(path.name, sha256_file(path))}, parity=parity)

@@ -149,10 +149,11 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                            previous.manifest.stages.get(name) if previous else None,
                            fold=not opts.plain_export, log=log, step=f"[{i}/4] ")
         for i, name in enumerate(STAGES, 1)}
-    from export.edges import export_edge
+    from export.edges import SAM2_EDGE_GRAPHS, export_edge
 
     edges = edge_specs(choice.image_size, opts.max_frame_side, ranges["objects"])
-    edge_records = {name: export_edge(spec, out, previous.manifest.edge_stages.get(name) if previous else None, log)
+    edge_records = {name: export_edge(spec, SAM2_EDGE_GRAPHS[name], out,
+                                      previous.manifest.edge_stages.get(name) if previous else None, log)
                     for name, spec in edges.items()}
     flops = _count_flops(model, nets, specs, opts.plain_export, log)
     constants_path = out / CONSTANTS_NAME

@@ -24,13 +24,13 @@ from export.options import (BuildOptions, Log, banner_random_weights, finish, fi
 from runtime.core.compare import DENSE_FP16, FEATURES_FP16, FP32_PARITY, compare_outputs, mask_iou, worst
 from runtime.core.fileio import sha256_file
 from runtime.core.folder import FileRecord, Manifest, ModelFolder, ModelRecord, onnx_name
-from runtime.dense.spec import LOGITS, part_names
+from runtime.dense.spec import LOGITS, PIL_FILTER, dense_edge_specs, part_names
 from runtime.errors import UsageError
 
 DENSE_CODE_VERSION = 2  # bump when the exported graphs change meaning
 SAM2_ONLY = ("sam2_checkpoint", "adapter_checkpoint", "no_adapters", "adapter_stages",
              "channel_factor", "stock_sam2", "max_prompt_frames", "int8_stages", "cpu_int8_stages", "cpu_int8_range",
-             "calib_method", "plain_export", "max_frame_side", "max_objects", "no_cpu_fused")
+             "calib_method", "plain_export", "max_objects", "no_cpu_fused")
 
 
 def _choice(args: BuildOptions):
@@ -130,6 +130,10 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
         raise UsageError("--precision int8 is not supported for sam2-unet/sam2-unext/features (no "
                          "calibration or accuracy gate for them yet); use fp16 or fp32")
     choice = _choice(opts)
+    if choice.kind == "features" and opts.given("max_frame_side"):
+        raise UsageError("--max-frame-side does not apply to --model features (no edge graph: float images "
+                         "are resized on the host)")
+    edges = dense_edge_specs(choice.kind, choice.image_size, opts.max_frame_side)
     precisions = _part_precisions(opts, part_names(choice.kind, choice.split))
     from export.dense.models import assemble_dense, export_nets, model_config, reference_net, specs as make_specs
 
@@ -178,6 +182,12 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                              "settings; export it in parts with --split") from e
         records[name].precision = "fp32"  # fp16 parts switch once their FP16 file is written
 
+    from export.edges import export_edge
+
+    edge_records = {name: export_edge(spec, f"pillow-{PIL_FILTER[choice.kind]}", out,
+                                      previous.manifest.edge_stages.get(name) if previous else None, log)
+                    for name, spec in edges.items()}
+
     from bench.cases import batch1_cases
     from export.flops import stage_flops
 
@@ -193,6 +203,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                      "dino": choice.describe()["dino"], "dino_config": opts.dino_config if choice.dino else None,
                      "parts": list(specs), "outputs": _final_names(specs)}),
         model_config=model_config(model, choice), specs=specs, stages=records, precision=opts.precision,
+        edge_specs=edges, edge_stages=edge_records,
         fingerprint=fp, created=now(), flops={"reference": flops, "export": flops},
         provenance={
             "versions": versions(),
@@ -204,9 +215,9 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
                 "resize": "bilinear (align_corners=False) logits to the input image size",
                 "activation": "sigmoid"}})
     folder = ModelFolder(out, manifest)
-    failed = [k for k, r in records.items() if not r.parity["passed"]]
+    failed = [k for k, r in {**records, **edge_records}.items() if not r.parity["passed"]]
     if failed:
-        manifest.fail(f"fp32 parity above {FP32_PARITY.max_rel_l2} for {failed}")
+        manifest.fail(f"parity gate failed for {failed} (fp32 files: rel L2 {FP32_PARITY.max_rel_l2}; edge graphs: their record)")
     else:
         _check_chain(folder, model, choice, precisions, opts, reference_net, log)
 

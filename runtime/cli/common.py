@@ -47,12 +47,13 @@ def add_objects_options(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"also join {what} with different memory counts in one call (padded; same masks)")
 
 
-def add_edge_options(parser: argparse.ArgumentParser) -> None:
-    """``--preprocess`` and ``--postprocess``: where the folder's edge graphs run."""
+def add_edge_options(parser: argparse.ArgumentParser, postprocess: bool = True) -> None:
+    """``--preprocess`` (and ``--postprocess``): where the folder's edge graphs run."""
     from runtime.core.backends import EDGE_MODES, POSTPROCESS_HELP, PREPROCESS_HELP
 
     parser.add_argument("--preprocess", choices=EDGE_MODES, default="auto", help=PREPROCESS_HELP)
-    parser.add_argument("--postprocess", choices=EDGE_MODES, default="auto", help=POSTPROCESS_HELP)
+    if postprocess:
+        parser.add_argument("--postprocess", choices=EDGE_MODES, default="auto", help=POSTPROCESS_HELP)
 
 
 def _on_sigterm(signum, frame):

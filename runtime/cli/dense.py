@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import List, Optional
 
-from runtime.cli.common import HelpFormatter, add_debug, run_main
+from runtime.cli.common import HelpFormatter, add_debug, add_edge_options, run_main
 from runtime.core.backends import BACKENDS
 from runtime.errors import InputError
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-minmax", action="store_true",
                    help="save probabilities as round(255 * p) instead of min-max normalised")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for onnxruntime (0 = all)")
+    add_edge_options(p, postprocess=False)
     add_debug(p)
     return p
 
@@ -53,7 +54,8 @@ def _dense(args) -> int:
         raise InputError(f"--threshold must be in (0, 1), got {args.threshold}")
     targets = [(t, read_rgb(t)) for t in args.target]
     timings = {}
-    with DenseSegmenter.load(args.model_dir, backend=args.backend, threads=args.threads) as seg:
+    with DenseSegmenter.load(args.model_dir, backend=args.backend, threads=args.threads,
+                            preprocess=args.preprocess) as seg:
         args.out.mkdir(parents=True, exist_ok=True)
         print(f"{seg.kind} at {seg.size}px, backend {seg.backend}; {len(targets)} image(s)")
         for path, img in targets:

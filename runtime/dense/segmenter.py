@@ -6,7 +6,7 @@
 Pre-processing follows the authors' test code (``dataset.py`` ``TestDataset``:
 torchvision ``Resize((S, S))`` on a PIL image, ``ToTensor``, ``Normalize``):
 a ``uint8`` image is resized with Pillow's 8-bit bilinear arithmetic,
-reproduced exactly (:func:`runtime.core.resize.resize_uint8_pil`, each pass
+reproduced exactly (:func:`runtime.core.edges.pil_model_input`, each pass
 rounded to 8 bits, in the pass order of Pillow 13), then scaled to [0, 1]; ImageNet normalisation runs inside
 the graph. Float images in [0, 1] (no 8-bit stage to reproduce) get the
 antialiased float resize. Post-processing follows their ``test.py``: the
@@ -28,26 +28,26 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from runtime.core.backends.base import StageRunner
-from runtime.core.images import image_to_float_rgb
-from runtime.core.resize import resize_bilinear, resize_uint8_pil, upsample_bilinear
+from runtime.core.edges import admits_frame, pil_model_input, pil_preprocess_feeds
+from runtime.core.images import image_to_rgb, rgb_to_float
+from runtime.core.resize import resize_bilinear, upsample_bilinear
 from runtime.core.session import EngineSession, Product, serialized
 from runtime.core.spec import StageSpec
-from runtime.dense.spec import LOGITS
+from runtime.dense.spec import LOGITS, PIL_FILTER, PREPROCESS
 
 def prepare_image(image: np.ndarray, size: int, pil_uint8: bool = True) -> Tuple[np.ndarray, Tuple[int, int]]:
-    """Validate ``image`` and return ``([1,3,S,S] float32 in [0,1], (H, W))``.
+    """Validate ``image`` and return ``([1,3,S,S] float32 in [0,1], (H, W))`` on the host.
 
     ``pil_uint8``: a ``uint8`` image is resized as the authors' ``transforms.Resize``
-    on a PIL image does (Pillow's 8-bit bilinear, reproduced exactly), then
-    ``ToTensor``'s ``/ 255``. Otherwise (and for float input) the antialiased
-    float resize (torch's ``F.interpolate(antialias=True)``).
+    on a PIL image does (Pillow's 8-bit bilinear, reproduced exactly:
+    :func:`runtime.core.edges.pil_model_input`), then ``ToTensor``'s ``/ 255``.
+    Otherwise (and for float input) the antialiased float resize (torch's
+    ``F.interpolate(antialias=True)``).
     """
-    rgb = image_to_float_rgb(image)
-    if pil_uint8 and image.dtype == np.uint8:
-        u8 = np.rint(rgb * np.float32(255.0)).astype(np.uint8)  # the image's own 8-bit RGB values
-        x = resize_uint8_pil(u8, (size, size)).astype(np.float32) / np.float32(255.0)
-    else:
-        x = resize_bilinear(rgb, (size, size), antialias=True)
+    rgb = image_to_rgb(image)
+    if pil_uint8 and rgb.dtype == np.uint8:
+        return pil_model_input(rgb, size, "bilinear"), rgb.shape[:2]
+    x = resize_bilinear(rgb_to_float(rgb), (size, size), antialias=True)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32), rgb.shape[:2]
 
 
@@ -93,7 +93,14 @@ def prob_to_png(prob: np.ndarray, minmax: bool = True) -> np.ndarray:
 
 
 class DenseSegmenter(Product):
-    """One image in, one ``HxW`` probability map out (``export.build --model sam2-unet|sam2-unext``)."""
+    """One image in, one ``HxW`` probability map out (``export.build --model sam2-unet|sam2-unext``).
+
+    A uint8 image inside the folder's preprocess graph's sizes becomes the
+    model input there, on the backend, where the session runs it
+    (``preprocess=`` on :meth:`load`); else :func:`prepare_image` on the host.
+    """
+
+    EDGES = (PREPROCESS,)
 
     def __init__(self, session: EngineSession):
         super().__init__(session)
@@ -124,11 +131,21 @@ class DenseSegmenter(Product):
         self.timings["total"] = sum(v for k, v in self.timings.items() if k != "total")
         return prob
 
+    def _model_input(self, image: np.ndarray):
+        """``(image [1,3,S,S] backend-native, (H, W))``: in the preprocess graph where it runs and
+        admits the image (uint8 only), else :func:`prepare_image`."""
+        rgb = image_to_rgb(image)
+        graph = self.runners.get(PREPROCESS)
+        if graph is not None and rgb.dtype == np.uint8 and admits_frame(graph.spec, rgb.shape):
+            feeds = pil_preprocess_feeds(rgb, self.size, PIL_FILTER[self.kind])
+            return graph.infer(feeds)["image"], rgb.shape[:2]
+        return prepare_image(rgb, self.size)
+
     def _run(self, image: np.ndarray):
         self.timings = {}
         t = time.perf_counter()
-        x, hw = prepare_image(image, self.size)
+        x, hw = self._model_input(image)
         self.timings["preprocess"] = time.perf_counter() - t
         env = run_parts(self.runners, self.specs, {"image": x}, self.timings)
-        last = list(self.runners.values())[-1]
+        last = self.runners[list(self.specs)[-1]]
         return last.to_host(env[LOGITS])[0, 0], hw

@@ -17,6 +17,10 @@ Kinds and their parts:
 - ``features``: ``features`` (image -> ``trunk_s4 .. trunk_s32`` and, with the
   FPN, ``fpn_s4 ..``): SAM2's trunk (and neck) features by name.
 
+``sam2-unet`` and ``sam2-unext`` folders also hold one edge stage,
+``preprocess`` (:func:`dense_edge_specs`): a uint8 image of its own size ->
+``image [1,3,S,S]`` as the authors resize it (Pillow's bilinear), on the backend.
+
 ``model_config`` (recorded in the manifest) holds what the shapes depend on:
 ``trunk_channels`` (four ints), and ``dino_dim``/``dino_grid`` (SAM2-UNeXT) or
 ``fpn_dim``/``fpn_strides`` (features with FPN).
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Tuple
 
+from runtime.core.edges import DEFAULT_MAX_FRAME_SIDE, pil_preprocess_spec
 from runtime.core.spec import StageSpec, TensorSpec, check_image_size
 from runtime.errors import UsageError
 
@@ -41,6 +46,10 @@ PARTS = {
     ("features", False): ("features",),
 }
 LOGITS = "logits"
+PREPROCESS = "preprocess"
+# The Pillow filter of each kind's preprocessing (the authors' torchvision Resize on a PIL image);
+# the feature engines resize float images (antialiased bilinear) and have no edge stage.
+PIL_FILTER = {"sam2-unet": "bilinear", "sam2-unext": "bilinear"}
 
 
 def hiera_names(prefix: str = "hiera") -> Tuple[str, ...]:
@@ -89,3 +98,11 @@ def dense_stage_specs(kind: str, image_size: int, model_config: Mapping[str, obj
         dec_in = trunk + (dino,)
     specs["decoder"] = StageSpec("decoder", dec_in, (logits,), batch)
     return specs
+
+
+def dense_edge_specs(kind: str, image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> Dict[str, StageSpec]:
+    """The edge stages of a ``kind`` folder: ``preprocess`` (Pillow's :data:`PIL_FILTER` of the
+    kind, :func:`runtime.core.edges.pil_preprocess_spec`) for the segmentation models, none for features."""
+    if kind not in PIL_FILTER:
+        return {}
+    return {PREPROCESS: pil_preprocess_spec(PREPROCESS, image_size, PIL_FILTER[kind], max_side)}

@@ -10,8 +10,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from runtime.core.resize import (filter_taps, pil_taps, pil_vertical_first, resize_bilinear, resize_uint8_pil,
-                                 upsample_bilinear)
+from runtime.core.edges import pil_model_input, pil_preprocess_feeds
+from runtime.core.resize import filter_taps, resize_bilinear, upsample_bilinear
 from runtime.errors import InputError
 
 
@@ -21,20 +21,11 @@ def image_to_model_input(image_rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-# uint8 level -> float32 as sam2's video loader computes it (``img_np / 255.0`` in float64,
-# stored into a float32 tensor): the edge graph gathers from this table, so it is exact too.
-UNIT_LEVELS = (np.arange(256) / 255.0).astype(np.float32)
-UNIT_LEVELS.flags.writeable = False
-
-
 def video_frame_to_model_input(frame: np.ndarray, size: int) -> np.ndarray:
     """uint8 RGB ``[H,W,3]`` -> ``[1,3,S,S]`` float32 in [0, 1], as sam2's video loader
     (``load_video_frames_from_jpg_images``: ``Image.resize((S, S))``, Pillow's default BICUBIC,
     then ``/ 255``). The frame is stretched to the square, as there (no aspect kept)."""
-    if frame.dtype != np.uint8:
-        raise TypeError(f"video_frame_to_model_input takes uint8 frames, got {frame.dtype}")
-    x = UNIT_LEVELS[resize_uint8_pil(frame, (size, size), "bicubic")]
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    return pil_model_input(frame, size, "bicubic")
 
 
 def _graph_taps(cols: Tuple[int, int], rows: Tuple[int, int], antialias: bool) -> Dict[str, np.ndarray]:
@@ -65,26 +56,10 @@ def logit_taps(height: int, width: int, low: int) -> Dict[str, np.ndarray]:
     return _graph_taps((low, width), (low, height), False)
 
 
-@lru_cache(maxsize=16)
-def video_frame_taps(height: int, width: int, size: int) -> Dict[str, np.ndarray]:
-    """The video preprocess graph's filter inputs for ``[height, width]`` frames at model size
-    ``size``: ``col_idx/col_w [S,Kw]``, ``row_idx/row_w [S,Kh]`` (int32; the weights Pillow's
-    fixed-point bicubic ones) and ``vertical_first [1]`` (bool, Pillow's pass order), those of
-    :func:`video_frame_to_model_input`. Computed once per
-    frame size (read-only arrays)."""
-    out = {}
-    for axis, n_in in (("col", width), ("row", height)):
-        idx, w = pil_taps(n_in, size, "bicubic")
-        out[f"{axis}_idx"], out[f"{axis}_w"] = idx.astype(np.int32), np.ascontiguousarray(w, np.int32)
-    out["vertical_first"] = np.array([pil_vertical_first((height, width), (size, size))])
-    for a in out.values():
-        a.flags.writeable = False
-    return out
-
-
 def video_preprocess_feeds(frame: np.ndarray, size: int) -> Dict[str, np.ndarray]:
-    """uint8 RGB ``[H,W,3]`` -> the video preprocess graph's feeds (the frame and its cached taps)."""
-    return {"frame": np.ascontiguousarray(frame), **video_frame_taps(frame.shape[0], frame.shape[1], size)}
+    """uint8 RGB ``[H,W,3]`` -> the video preprocess graph's feeds (the frame and its cached
+    bicubic taps, :func:`runtime.core.edges.pil_frame_taps`)."""
+    return pil_preprocess_feeds(frame, size, "bicubic")
 
 
 def preprocess_feeds(frame: np.ndarray, size: int) -> Dict[str, np.ndarray]:

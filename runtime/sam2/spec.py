@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+from runtime.core.edges import DEFAULT_MAX_FRAME_SIDE, frame_ranges, pil_preprocess_spec
 from runtime.core.spec import AxisRange, StageSpec, TensorSpec, check_image_size
 from runtime.errors import UsageError
 
@@ -48,13 +49,6 @@ BACKBONE_STRIDE = 16
 STAGES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
 PREPROCESS, VIDEO_PREPROCESS, POSTPROCESS = "preprocess", "video_preprocess", "postprocess"
 EDGE_STAGES = (PREPROCESS, VIDEO_PREPROCESS, POSTPROCESS)
-# Largest frame side the edge graphs' profiles admit by default: 1080p in
-# either orientation. TensorRT sizes the graphs' activations for the largest
-# frame (computed from the shapes at 1920 x 1920: the preprocess graph's
-# gathered taps [3,H,S,K] float32 118 MB for a 1024 px model, the video
-# preprocess graph's [3,H,S,9] int32 212 MB; the postprocess graph's logits
-# [N,H,W] float32 118 MB at 8 objects), so 4K is opt-in.
-DEFAULT_MAX_FRAME_SIDE = 1920
 
 # Ranges of the dynamic axes: (min, opt, max). Used for TensorRT profiles and
 # for validating feeds at run time.
@@ -170,7 +164,7 @@ def preprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> 
     when shrinking).
     """
     check_image_size(image_size)
-    frames = _frame_ranges(max_side)
+    frames = frame_ranges(max_side)
     # A triangle of half-width max(1, scale) covers at most 2 * support + 1 source pixels.
     k_max = max(3, -(-2 * max_side // image_size) + 1)
     s, f32, i32 = image_size, "float32", "int32"
@@ -186,36 +180,10 @@ def preprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> 
 
 
 def video_preprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE) -> StageSpec:
-    """The frame -> model-input graph of sam2's video loader: ``frame`` uint8 ``[H,W,3]`` RGB and
-    Pillow's fixed-point bicubic taps of each axis (``col_idx/col_w [S,Kw]``, ``row_idx/row_w
-    [S,Kh]``, all int32, and ``vertical_first [1]`` bool, the pass order, from
-    :func:`runtime.sam2.inputs.video_frame_taps`) -> ``image [1,3,S,S]`` float32 in [0, 1]
-    (:func:`runtime.sam2.inputs.video_frame_to_model_input`).
-
-    Integer arithmetic throughout (Pillow's), so the result is exact on any
-    backend. Frames of 16 .. ``max_side`` pixels per side; Pillow's tap count is
-    ``2 * ceil(2 * max(1, side / S)) + 1``.
-    """
-    check_image_size(image_size)
-    frames = _frame_ranges(max_side)
-    k_max = 2 * max(2, -(-2 * max_side // image_size)) + 1
-    s, i32 = image_size, "int32"
-    taps = (5, 5, k_max)
-    return StageSpec(
-        VIDEO_PREPROCESS,
-        inputs=(TensorSpec("frame", ("frame_h", "frame_w", 3), "uint8"),
-                TensorSpec("col_idx", (s, "taps_w"), i32), TensorSpec("col_w", (s, "taps_w"), i32),
-                TensorSpec("row_idx", (s, "taps_h"), i32), TensorSpec("row_w", (s, "taps_h"), i32),
-                TensorSpec("vertical_first", (1,), "bool")),
-        outputs=(TensorSpec("image", (1, 3, s, s), "float32"),),
-        axis_ranges={**frames, "taps_w": taps, "taps_h": taps},
-    )
-
-
-def _frame_ranges(max_side: int) -> Dict[str, AxisRange]:
-    if not isinstance(max_side, int) or isinstance(max_side, bool) or max_side < 16:
-        raise UsageError(f"the largest frame side must be an integer >= 16, got {max_side!r}")
-    return {"frame_h": (16, min(1080, max_side), max_side), "frame_w": (16, min(1920, max_side), max_side)}
+    """The frame -> model-input graph of sam2's video loader: Pillow's bicubic
+    (:func:`runtime.core.edges.pil_preprocess_spec`; the host's twin is
+    :func:`runtime.sam2.inputs.video_frame_to_model_input`)."""
+    return pil_preprocess_spec(VIDEO_PREPROCESS, image_size, "bicubic", max_side)
 
 
 def postprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
@@ -238,7 +206,7 @@ def postprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
                 TensorSpec("threshold", (1,), f32)),
         outputs=(TensorSpec("logits", ("objects", "frame_h", "frame_w"), f32),
                  TensorSpec("mask", ("objects", "frame_h", "frame_w"), "bool")),
-        axis_ranges={"objects": tuple(objects), **_frame_ranges(max_side)},
+        axis_ranges={"objects": tuple(objects), **frame_ranges(max_side)},
     )
 
 

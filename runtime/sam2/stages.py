@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from runtime.core.backends.base import StageRunner
+from runtime.core.edges import admits_frame
 from runtime.core.session import EngineSession
 from runtime.errors import InputError, ModelFolderError, ProfileLimitError, UsageError
 from runtime.core.images import rgb_to_float
@@ -107,11 +108,7 @@ class Sam2Stages:
     def _edge_for(self, stage: str, hw: Tuple[int, int]) -> Optional[StageRunner]:
         """The session's runner of edge ``stage`` if it runs and its profile admits ``[H,W]`` frames."""
         r = self.runners.get(stage)
-        if r is None:
-            return None
-        rng = r.spec.axis_ranges
-        fits = rng["frame_h"][0] <= hw[0] <= rng["frame_h"][2] and rng["frame_w"][0] <= hw[1] <= rng["frame_w"][2]
-        return r if fits else None
+        return r if r is not None and admits_frame(r.spec, hw) else None
 
     def on_backend(self, rgb: np.ndarray, video: bool = False) -> bool:
         """Whether ``rgb`` (:func:`~runtime.core.images.image_to_rgb`) becomes the model input in the

@@ -147,6 +147,8 @@ def test_builds_from_a_checkpoint_in_the_authors_layout(tmp_path):
     (["--model", "sam2-unet", "--fpn", "--random-weights"], "only applies to --model features"),
     (["--model", "sam2-unet", "--dino-size", "224", "--random-weights"], "only apply to --model sam2-unext"),
     (["--model", "sam2-unet", "--image-size", "350", "--random-weights"], "not a multiple of 32"),
+    (["--model", "features", "--max-frame-side", "640", "--random-weights"], "--max-frame-side does not apply"),
+    (["--model", "sam2-unet", "--max-frame-side", "8", "--random-weights"], "largest frame side must be"),
     (["--model", "sam2-unext", "--dino-size", "450", "--random-weights"], "multiple of its patch size"),
     (["--model", "sam2-unet", "--trunk", "tiny"], "no checkpoint: pass --checkpoint SAM2-UNet-20.pth"),
     (["--model", "sam2-unet", "--trunk", "tiny", "--checkpoint", "/nonexistent.pth"], "does not exist"),

@@ -17,13 +17,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.edges import check_edge, postprocess_graph, preprocess_graph, video_preprocess_graph
+from export.edges import check_edge, pil_preprocess_graph, postprocess_graph, preprocess_graph
 from export.trt_build import profile_shapes
 from runtime.core.compare import EDGE_PARITY
 from runtime.core.folder import Manifest, ModelFolder
 from runtime.errors import ModelFolderError, UsageError
-from runtime.sam2.inputs import (frame_taps, logit_taps, postprocess_feeds, preprocess_feeds, video_frame_taps,
-                                 video_preprocess_feeds)
+from runtime.core.edges import pil_frame_taps
+from runtime.sam2.inputs import frame_taps, logit_taps, postprocess_feeds, preprocess_feeds, video_preprocess_feeds
 from runtime.sam2.spec import EDGE_STAGES, POSTPROCESS, postprocess_spec, preprocess_spec, video_preprocess_spec
 from tests.export.test_build_cli import BASE, run
 
@@ -81,7 +81,7 @@ def test_a_wrong_graph_fails_its_parity_check():
     model = preprocess_graph(spec)
     inv = next(t for t in model.graph.initializer if t.name == "inv255")
     inv.float_data[0] = 1.0 / 254.0  # 0.4 % off: far above the gate
-    report = check_edge(spec, model.SerializeToString())
+    report = check_edge(spec, model.SerializeToString(), "image-predictor")
     assert not report["passed"] and report["rel_l2"] > 1e-3
 
 
@@ -95,7 +95,7 @@ def test_video_graph_is_sam2s_video_loader(tmp_path):
     from sam2.utils.misc import load_video_frames_from_jpg_images
 
     spec = video_preprocess_spec(256)
-    sess = ort.InferenceSession(video_preprocess_graph(spec).SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(pil_preprocess_graph(spec).SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(7)
     pillow13 = int(PIL.__version__.split(".")[0]) >= 13
     for h, w in [(480, 640), (640, 360), (200, 150), (120, 700), (256, 256)]:
@@ -110,25 +110,25 @@ def test_video_graph_is_sam2s_video_loader(tmp_path):
         ref = load_video_frames_from_jpg_images(str(folder), 256, True, img_mean=(0, 0, 0), img_std=(1, 1, 1),
                                                 compute_device=torch.device("cpu"))[0]
         np.testing.assert_array_equal(got, ref.numpy(), err_msg=f"{h}x{w}")
-    assert video_frame_taps(640, 360, 256)["vertical_first"][0] and not video_frame_taps(480, 640, 256)["vertical_first"][0]
+    assert pil_frame_taps(640, 360, 256, "bicubic")["vertical_first"][0] and not pil_frame_taps(480, 640, 256, "bicubic")["vertical_first"][0]
 
 
 def test_video_spec_profile_admits_pillows_taps():
     spec = video_preprocess_spec(256, max_side=1920)
     shapes = profile_shapes(spec)
     k_max = shapes["col_idx"][2][1]
-    widest = max(video_frame_taps(16, n, 256)["col_idx"].shape[1] for n in range(16, 1921, 7))
-    assert video_frame_taps(16, 1920, 256)["col_idx"].shape[1] == k_max >= widest  # tight: Pillow's own count
+    widest = max(pil_frame_taps(16, n, 256, "bicubic")["col_idx"].shape[1] for n in range(16, 1921, 7))
+    assert pil_frame_taps(16, 1920, 256, "bicubic")["col_idx"].shape[1] == k_max >= widest  # tight: Pillow's own count
     assert shapes["col_idx"][0] == (256, 5) and "vertical_first" not in shapes  # static
     assert {spec.input(n).dtype for n in ("col_idx", "col_w", "row_idx", "row_w")} == {"int32"}
 
 
 def test_a_wrong_video_graph_fails_its_parity_check():
     spec = video_preprocess_spec(256)
-    model = video_preprocess_graph(spec)
+    model = pil_preprocess_graph(spec)
     half = next(t for t in model.graph.initializer if t.name == "half")
     half.int32_data[0] = 0  # Pillow's rounding dropped: levels 1 lower on about half the pixels
-    report = check_edge(spec, model.SerializeToString())
+    report = check_edge(spec, model.SerializeToString(), "video-loader")
     assert not report["passed"] and report["rel_l2"] > 1e-3
 
 
@@ -190,7 +190,7 @@ def test_a_wrong_postprocess_graph_fails_its_parity_check():
     for n in model.graph.node:
         if n.op_type == "Greater":
             n.op_type = "Less"  # the masks inverted, the logits right
-    report = check_edge(spec, model.SerializeToString())
+    report = check_edge(spec, model.SerializeToString(), "logits")
     assert not report["passed"] and report["rel_l2"] <= 1e-6 and report["mask_iou"] < 0.5
 
 

@@ -86,6 +86,29 @@ def test_preprocessing_is_the_authors_pil_resize():
         assert np.array_equal(x, _authors_input(img).numpy())
 
 
+def test_preprocess_graph_is_the_authors_pil_resize():
+    """The folder's preprocess graph (ONNX Runtime) gives exactly torchvision's Resize + ToTensor on
+    a PIL image, so the maps on the backend path are the host path's, bit for bit; the feature
+    engines (float resize) have no edge graph."""
+    from runtime.core.edges import pil_preprocess_feeds
+    from runtime.core.folder import ModelFolder
+    from runtime.dense.segmenter import DenseSegmenter
+
+    images = natural_images() + [_image()]
+    with DenseSegmenter.load(built("unet"), backend="onnxruntime", preprocess="backend") as seg, \
+            DenseSegmenter.load(built("unet"), backend="onnxruntime", preprocess="host") as host:
+        graph = seg.session.runners["preprocess"]
+        assert "preprocess" not in host.session.runners
+        for img in images:
+            x = graph.infer(pil_preprocess_feeds(img, SIZE, "bilinear"))["image"]
+            np.testing.assert_array_equal(x, _authors_input(img).numpy())
+            np.testing.assert_array_equal(seg.predict(img), host.predict(img))
+        assert seg.stage_calls["preprocess"] == 2 * len(images)  # ours above, and predict()
+    record = ModelFolder.open(built("unet")).stage("preprocess")
+    assert record.parity["passed"] and record.parity["rel_l2"] == 0.0
+    assert ModelFolder.open(built("features-fpn")).manifest.edge_specs == {}
+
+
 def test_saved_map_is_the_authors():
     from runtime.dense.segmenter import prob_to_png
 
