@@ -225,6 +225,7 @@ def test_build_refuses_a_bad_frame_side(tmp_path, capsys):
     code, err = run([*BASE, "--random-weights", "--max-frame-side", "8", "--out", str(tmp_path / "f")], capsys)
     assert code != 0 and "frame side" in err and "16" in err
     assert not (tmp_path / "f").exists()
-    code, err = run(["--model", "sam2-unet", "--precision", "fp32", "--random-weights", "--skip-tensorrt",
+    code, err = run(["--model", "features", "--precision", "fp32", "--random-weights", "--skip-tensorrt",
                      "--max-frame-side", "1280", "--out", str(tmp_path / "d")], capsys)
-    assert code != 0 and "--max-frame-side" in err and "does not apply" in err
+    assert code != 0 and "--max-frame-side" in err and "does not apply" in err  # no edge graph there
+    assert not (tmp_path / "d").exists()
