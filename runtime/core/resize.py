@@ -154,15 +154,20 @@ def pil_taps(in_size: int, out_size: int, filter: str = "bilinear") -> Tuple[np.
 
 
 def _pil_pass(x: np.ndarray, out_size: int, axis: int, filter: str) -> np.ndarray:
+    """One Pillow pass over ``axis`` of uint8 ``x``: per tap a gather (uint8) and a multiply-add in
+    int32 (the sums fit, as in Pillow: 2 guard bits above 8 + 22), then the shift and clip to uint8."""
     idx, w = pil_taps(x.shape[axis], out_size, filter)
-    x = np.moveaxis(x, axis, 0)
-    # The sums fit int32, as in Pillow (2 guard bits above 8 + 22).
-    acc = np.full((out_size,) + x.shape[1:], 1 << (_PIL_PRECISION_BITS - 1), dtype=np.int32)
-    wshape = (out_size,) + (1,) * (x.ndim - 1)
+    wshape = [1] * x.ndim
+    wshape[axis] = out_size
+    shape = x.shape[:axis] + (out_size,) + x.shape[axis + 1:]
+    acc = np.full(shape, 1 << (_PIL_PRECISION_BITS - 1), dtype=np.int32)
+    term, gathered = np.empty(shape, np.int32), np.empty(shape, np.uint8)
     for j in range(idx.shape[1]):
-        acc += w[:, j].reshape(wshape) * x[idx[:, j]]
-    out = np.clip(acc >> _PIL_PRECISION_BITS, 0, 255).astype(np.uint8)
-    return np.moveaxis(out, 0, axis)
+        np.take(x, idx[:, j], axis=axis, out=gathered)
+        np.multiply(gathered, w[:, j].reshape(wshape), out=term)
+        acc += term
+    acc >>= _PIL_PRECISION_BITS
+    return np.clip(acc, 0, 255, out=acc).astype(np.uint8)
 
 
 def pil_vertical_first(in_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> bool:
@@ -184,5 +189,5 @@ def resize_uint8_pil(image: np.ndarray, size: Tuple[int, int], filter: str = "bi
     x = image
     for axis in ((0, 1) if vertical_first else (1, 0)):
         if x.shape[axis] != size[axis]:
-            x = _pil_pass(x.astype(np.int32), size[axis], axis, filter)
+            x = _pil_pass(x, size[axis], axis, filter)
     return np.array(x, dtype=np.uint8)
