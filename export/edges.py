@@ -19,7 +19,7 @@ in Pillow's integer arithmetic, each pass summed from 2**21, clipped and
 shifted to 0..255 as ``Resample.c`` does; the weights (fed, so one graph serves
 both filters) are Pillow's fixed-point ones (22 fraction bits)::
 
-    frame [H,W,3] uint8 -Cast int32-> Transpose [3,H,W] -If(vertical_first)->
+    frame [H,W,3] uint8 -Cast float32, int32-> Transpose [3,H,W] -If(vertical_first)->
       else: Gather(col_idx, axis 2) [3,H,S,Kw] * col_w, ReduceSum(-1) + 2**21, Max 0,
             Min 2**30-1, Div 2**22 -> [3,H,S] (0..255), the same over rows -> [3,S,S]
       then: rows first (Gather axis 1, ReduceSum axis 2), then columns -> [3,S,S]
@@ -152,7 +152,10 @@ def pil_preprocess_graph(spec: StageSpec) -> onnx.ModelProto:
     passes in the order ``vertical_first`` names (Pillow's, :func:`runtime.core.resize.pil_vertical_first`),
     each branch of one ``If``."""
     s = spec.outputs[0].shape[-1]
-    nodes = [node("Cast", ["frame"], ["frame_i"], to=TensorProto.INT32),
+    # uint8 -> float32 -> int32 (both exact): TensorRT takes uint8 as network I/O only, and its casts
+    # from uint8 to float are the ones the float preprocess graph relies on as well.
+    nodes = [node("Cast", ["frame"], ["frame_f"], to=TensorProto.FLOAT),
+             node("Cast", ["frame_f"], ["frame_i"], to=TensorProto.INT32),
              node("Transpose", ["frame_i"], ["chw"], perm=[2, 0, 1]),                 # [3,H,W]
              node("If", ["vertical_first"], ["levels_idx"],
                   then_branch=_pil_branch(True, s), else_branch=_pil_branch(False, s)),
