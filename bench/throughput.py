@@ -229,12 +229,16 @@ def engine_variants(args, manifests) -> List[tuple]:
 def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases,
                     cpu_int8: str = "auto") -> dict:
     """One round on a model folder: raw seconds per stage case, pipeline stage and batch size."""
+    from runtime.core.session import EngineSession
     from runtime.core.spec import example_feeds
     from runtime.sam2.fewshot import FewShotSegmenter
 
     specs = manifest.specs
-    seg = FewShotSegmenter.load(engine_dir, backend=args.backend, threads=args.threads,
-                                cpu_int8=cpu_int8, preprocess=args.preprocess, postprocess=args.postprocess)
+    # One session for every product timed here, so it opens every edge graph of the folder (a
+    # product's own load() opens only those it uses).
+    session = EngineSession.open(engine_dir, product="FewShotSegmenter", backend=args.backend, threads=args.threads,
+                                 cpu_int8=cpu_int8, preprocess=args.preprocess, postprocess=args.postprocess)
+    seg = FewShotSegmenter(session)
     int8 = list(seg.session.variant_stages("cpu-int8"))
     precision = manifest.precision if seg.backend == "tensorrt" else "fp32"
     if int8:
@@ -273,7 +277,7 @@ def collect_engines(engine_dir: Path, manifest, args, frames, refs, masks, cases
         feeds = example_feeds(specs["image_encoder"], {"batch": b})
         r = seg.session.runners["image_encoder"]
         raw["batch"][b] = time_calls(lambda: r.infer(feeds), args.warmup, args.iterations)
-    seg.close()
+    session.close()
     raw.update(peak_rss_mb=peak_rss_mb(), device_mem_mb=_device_mem_mb())
     return raw
 
