@@ -52,7 +52,7 @@ class EngineSession:
              backend: str = "auto", threads: int = 0, providers: Optional[Sequence[str]] = None,
              cpu_int8: str = "auto", variants: Optional[Mapping[str, str]] = None,
              memory: str = "arena", preprocess: str = "auto", postprocess: str = "auto",
-             edges: Optional[Sequence[str]] = None) -> "EngineSession":
+             edges: Optional[Sequence[str]] = None, io_binding: Optional[bool] = None) -> "EngineSession":
         """Open a folder made by ``python -m export.build`` (of a kind ``product`` runs).
 
         ``backend``: "auto" | "onnxruntime" | "tensorrt"; ``cpu_int8``: whether
@@ -62,7 +62,8 @@ class EngineSession:
         (``OnnxRuntimeStageRunner``); ``preprocess`` / ``postprocess``: where
         frames become the model input / mask logits become frame-size masks,
         "auto" | "backend" | "host" (:func:`~runtime.core.backends.edge_stages_to_run`); ``edges``:
-        the edge stages to open (a product's :attr:`Product.EDGES`; None: all of the folder's).
+        the edge stages to open (a product's :attr:`Product.EDGES`; None: all of the folder's);
+        ``io_binding``: ONNX Runtime's IOBinding (``OnnxRuntimeStageRunner``; None: on GPU providers).
         """
         folder = ModelFolder.open(path, kinds=kinds, product=product)
         constants = folder.load_constants() if folder.manifest.constants else {}
@@ -70,7 +71,7 @@ class EngineSession:
         specs = {**folder.specs, **edge_stages_to_run(folder, kind, providers,
                                                         {"preprocess": preprocess, "postprocess": postprocess}, edges)}
         runners = open_runners(folder, specs, kind, threads=threads, providers=providers,
-                               cpu_int8=cpu_int8, variants=variants, memory=memory)
+                               cpu_int8=cpu_int8, variants=variants, memory=memory, io_binding=io_binding)
         return cls(folder, runners, constants)
 
     # ----------------------------------------------------------------- lifecycle

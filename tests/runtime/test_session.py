@@ -305,3 +305,55 @@ def test_cpu_provider_runs_the_fused_attention_files_with_the_same_masks(tiny_en
     a, b = out["fused"], out["fp32"]
     assert np.linalg.norm(a.logits - b.logits) / np.linalg.norm(b.logits) < 1e-5
     assert (a.mask == b.mask).mean() > 0.9999
+
+
+def test_io_binding_chains_stages_on_ortvalues_with_the_same_results(tiny_engines, stock):
+    """ONNX Runtime's IOBinding path (the default on GPU providers, forced here on the CPU provider,
+    where its outputs are host OrtValues): every stage after the first is fed the earlier stages'
+    OrtValues as they are, and the few-shot segmenter, the predictor and the tracker (edge graphs
+    on the backend too) give exactly the results of the plain NumPy path."""
+    import onnxruntime as ort
+
+    from runtime.sam2.fewshot import FewShotSegmenter as Seg
+
+    frames = _frames(3, size=200, seed=5)
+    mask = np.zeros((200, 200), bool)
+    mask[40:90, 30:80] = True
+    results, fed = {}, []
+    for bind in (False, True):
+        kw = dict(backend="onnxruntime", io_binding=bind, preprocess="backend", postprocess="backend")
+        with EngineSession.open(tiny_engines, **kw) as session:
+            assert {r.device for r in session.runners.values()} == ({"cpu"} if bind else {None})
+            seg = Seg(session)
+            seg.add_reference(frames[0], mask, concept="c")
+            if bind:
+                def spy(stage, runner):
+                    def infer(feeds):
+                        fed.extend((stage, k) for k, v in feeds.items() if isinstance(v, ort.OrtValue))
+                        return runner.infer(feeds)
+                    return type("Spy", (), {"infer": staticmethod(infer), "__getattr__":
+                                            lambda self, a: getattr(runner, a)})()
+                with session.wrapped(spy):
+                    res = seg.segment(frames[1]).concepts["c"]
+            else:
+                res = seg.segment(frames[1]).concepts["c"]
+            results[bind, "fewshot"] = (res.mask, res.logits)
+        with EngineSession.open(stock, product="VideoTracker", edges=VideoTracker.EDGES, **kw) as session:
+            trk = VideoTracker(session)
+            trk.add_prompt(0, 1, frames[0], box=(30, 40, 90, 90))
+            results[bind, "tracker"] = [(o[1].mask, o[1].logits) for o in trk.propagate(frames)]
+        with EngineSession.open(stock, product="ImagePredictor", **kw) as session:
+            pred = ImagePredictor(session)
+            pred.set_image(frames[2])
+            results[bind, "predictor"] = pred.predict(points=[[60, 60]], labels=[1], return_logits=True)
+    # the frame's model input, the encoder's features, the uploaded memories and memory attention's
+    # output reached the next stages as OrtValues, as they were returned
+    assert set(fed) == {("image_encoder", "image"), ("mask_decoder", "feat_s0"), ("mask_decoder", "feat_s1"),
+                        ("mask_decoder", "image_embed"), ("memory_attention", "vision_feat"),
+                        *(("memory_attention", k) for k in ("mem_feats", "mem_pos", "mem_valid", "obj_ptrs",
+                                                            "obj_ptr_pos", "ptr_valid"))}
+    np.testing.assert_array_equal(results[True, "fewshot"][1], results[False, "fewshot"][1])
+    for got, ref in zip(results[True, "tracker"], results[False, "tracker"]):
+        np.testing.assert_array_equal(got[1], ref[1])
+    for got, ref in zip(results[True, "predictor"], results[False, "predictor"]):
+        np.testing.assert_array_equal(got, ref)

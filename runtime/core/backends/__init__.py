@@ -185,12 +185,14 @@ def edge_stages_to_run(folder: ModelFolder, backend: str, providers=None,
 
 def open_runners(folder: ModelFolder, specs: Mapping[str, StageSpec], backend: str = "auto",
                  threads: int = 0, providers=None, cpu_int8: str = "auto",
-                 variants: Optional[Mapping[str, str]] = None, memory: str = "arena") -> Dict[str, StageRunner]:
+                 variants: Optional[Mapping[str, str]] = None, memory: str = "arena",
+                 io_binding: Optional[bool] = None) -> Dict[str, StageRunner]:
     """Create and activate one runner per stage of ``specs`` (all or nothing).
 
     ``variants`` forces the ONNX variant of some stages (onnxruntime only);
-    otherwise ``cpu_int8`` decides (module docstring). ``memory``: ONNX
-    Runtime's CPU memory mode (``OnnxRuntimeStageRunner``; TensorRT ignores it).
+    otherwise ``cpu_int8`` decides (module docstring). ``memory``, ``io_binding``:
+    ONNX Runtime's CPU memory mode and IOBinding (``OnnxRuntimeStageRunner``;
+    TensorRT ignores them: its stages always chain on the device).
     """
     stages = tuple(specs)
     kind = resolve_backend(backend, folder, stages)
@@ -204,7 +206,7 @@ def open_runners(folder: ModelFolder, specs: Mapping[str, StageSpec], backend: s
             for s in stages:
                 rec = folder.file_record(s, chosen[s])
                 runners[s] = OnnxRuntimeStageRunner(specs[s], folder.read_verified(rec), threads, providers,
-                                                    source=rec.file, memory=memory).activate()
+                                                    source=rec.file, memory=memory, io_binding=io_binding).activate()
         else:
             from runtime.core.backends.tensorrt import TensorRTStageRunner
 

@@ -74,7 +74,7 @@ class StageRunner(abc.ABC):
                 f"{self.backend_name} runner for {self.spec.name!r} is not active; "
                 "call activate() or use it as a context manager"
             )
-        axes = self.spec.check_feeds({k: shape_and_dtype(v) for k, v in feeds.items()})
+        axes = self.spec.check_feeds({k: self.describe(v) for k, v in feeds.items()})
         self.calls += 1
         t = time.perf_counter()
         try:
@@ -86,6 +86,10 @@ class StageRunner(abc.ABC):
     def computes_on_cpu(self) -> bool:
         """Whether the stage runs on the host's CPU (ONNX Runtime's CPU provider), not an accelerator."""
         return False
+
+    def describe(self, value: Any) -> Tuple[Tuple[int, ...], str]:
+        """``(shape, dtype name)`` of a value this runner accepts (a host array or its own tensors)."""
+        return shape_and_dtype(value)
 
     def to_host(self, value: Any) -> np.ndarray:
         """A NumPy copy (or view) of a value this runner accepts or returns."""

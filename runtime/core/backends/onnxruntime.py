@@ -1,4 +1,11 @@
-"""ONNX Runtime stage runner: CPU, or the CUDA execution provider with onnxruntime-gpu."""
+"""ONNX Runtime stage runner: CPU, or the CUDA execution provider with onnxruntime-gpu.
+
+On a GPU provider the runner binds its inputs and outputs (ONNX Runtime's
+IOBinding): outputs stay on the device as ``OrtValue`` s, and a stage fed
+another stage's ``OrtValue`` reads it where it is, so the chain of stages makes
+no host round trip; :meth:`OnnxRuntimeStageRunner.to_host` copies a value back
+when the host needs it. On the CPU provider NumPy arrays go in and out.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from runtime.core.backends.base import StageRunner
 from runtime.core.spec import StageSpec
 from runtime.errors import BackendUnavailable, ModelFolderError, UsageError
 
+# Providers whose stages bind their outputs on the device (IOBinding), and that device.
+DEVICE_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 # Preference order when providers=None: the fastest one this onnxruntime build has.
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # ONNX Runtime's type strings -> NumPy dtype names (those a TensorSpec can have).
@@ -78,13 +87,17 @@ class OnnxRuntimeStageRunner(StageRunner):
     patterns: nothing kept between runs, allocation on every run; for tools
     that hold many sessions, such as calibration). Measured in
     ``bench/reports/frame-budget.md``. The graph's inputs and outputs must
-    match the stage spec (names, dtypes).
+    match the stage spec (names, dtypes). ``io_binding``: bind inputs and
+    outputs (module docstring); None: on GPU providers (outputs on the device),
+    off on the CPU provider; True on the CPU provider binds host ``OrtValue`` s
+    (the same code path, for tests).
     """
 
     backend_name = "onnxruntime"
 
     def __init__(self, spec: StageSpec, model: Union[bytes, str, Path], threads: int = 0,
-                 providers: Optional[Sequence[str]] = None, source: str = "", memory: str = "arena"):
+                 providers: Optional[Sequence[str]] = None, source: str = "", memory: str = "arena",
+                 io_binding: Optional[bool] = None):
         super().__init__(spec, source or (Path(model).name if not isinstance(model, bytes) else spec.name))
         self.model = model
         if memory not in MEMORY_MODES:
@@ -92,6 +105,9 @@ class OnnxRuntimeStageRunner(StageRunner):
         self.memory = memory
         self.threads = threads
         self.providers = list(providers) if providers else None
+        self.io_binding = io_binding
+        self.device: Optional[str] = None  # where bound outputs live ("cuda", "cpu"); None: not bound
+        self._ort_value = _ort().OrtValue
         self.session = None
 
     def _activate(self) -> None:
@@ -119,6 +135,9 @@ class OnnxRuntimeStageRunner(StageRunner):
             raise ModelFolderError(f"{model} is missing; re-run export.build")
         self.session = ort.InferenceSession(model, so, providers=providers)
         self._check_graph_io()
+        device = DEVICE_PROVIDERS.get(self.session.get_providers()[0])
+        bind = device is not None if self.io_binding is None else self.io_binding
+        self.device = (device or "cpu") if bind else None
 
     @property
     def computes_on_cpu(self) -> bool:
@@ -141,5 +160,30 @@ class OnnxRuntimeStageRunner(StageRunner):
         self.session = None
 
     def _infer(self, feeds: Mapping[str, Any], axes: Dict[str, int]) -> Dict[str, Any]:
-        outs = self.session.run(list(self.spec.output_names), {k: np.asarray(v) for k, v in feeds.items()})
-        return dict(zip(self.spec.output_names, outs))
+        if self.device is None:
+            outs = self.session.run(list(self.spec.output_names), {k: self.to_host(v) for k, v in feeds.items()})
+            return dict(zip(self.spec.output_names, outs))
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, self._ort_value):
+                binding.bind_ortvalue_input(name, value)  # where it is: another stage's output, an upload
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.spec.output_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.spec.output_names, binding.get_outputs()))
+
+    def describe(self, value: Any):
+        if isinstance(value, self._ort_value):
+            return tuple(value.shape()), ORT_TYPES.get(value.data_type(), value.data_type())
+        return super().describe(value)
+
+    def to_host(self, value: Any) -> np.ndarray:
+        return value.numpy() if isinstance(value, self._ort_value) else np.asarray(value)
+
+    def upload(self, array: np.ndarray) -> Any:
+        if self.device is None:
+            return super().upload(array)
+        host = np.array(array, dtype=np.float32, order="C")  # its own copy: the OrtValue may share it
+        return self._ort_value.ortvalue_from_numpy(host, self.device, 0)
