@@ -218,10 +218,9 @@ def run(args) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    args.argv = argv
-    from bench.report import run_report
+    from bench.report import parsed_args, run_report
+
+    args = parsed_args(parse_args, argv)
 
     return run_report(args, run, markdown, debug=args.debug)
 

@@ -107,12 +107,9 @@ def markdown(rec: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from bench.report import run_report
+    from bench.report import parsed_args, run_report
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    args.argv = argv
-    return run_report(args, run, markdown)
+    return run_report(parsed_args(parse_args, argv), run, markdown)
 
 
 if __name__ == "__main__":

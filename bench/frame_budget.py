@@ -259,11 +259,9 @@ def markdown(rec: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from bench.report import run_report
+    from bench.report import parsed_args, run_report
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    args.argv = argv
+    args = parsed_args(parse_args, argv)
     if args.memory_child:
         print(json.dumps(memory_child(args.model_dir, args.memory_child, args.refs, args.iterations,
                                       args.threads, args.memory_files)))

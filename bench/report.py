@@ -8,8 +8,9 @@ latency as grouped bars, one group per stage and one bar per variant
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from runtime.core.fileio import atomic_path, write_json_atomic
 
@@ -197,6 +198,15 @@ def write_report(rec: Dict, out: Path) -> Dict[str, Path]:
     if "png" in paths:
         plot(rec, paths["png"])
     return paths
+
+
+def parsed_args(parse_args: Callable[[List[str]], object], argv: Optional[List[str]] = None):
+    """``parse_args(argv)`` (default: the command line) with ``argv`` kept as ``args.argv``, from which
+    a benchmark's record states its command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    return args
 
 
 def run_report(args, run: Callable[[object], Dict], markdown: Callable[[Dict], str], debug: bool = False) -> int:

@@ -593,9 +593,9 @@ def run(args) -> dict:
 def main(argv: Optional[List[str]] = None) -> int:
     from runtime.cli.common import run_main
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    args.argv = argv
+    from bench.report import parsed_args
+
+    args = parsed_args(parse_args, argv)
 
     def body():
         from bench.report import write_report
