@@ -30,7 +30,7 @@ from calib.episodes import CalibrationDataError
 from runtime.core.fileio import atomic_path, write_json_atomic
 from runtime.core.folder import ModelFolder
 
-RECORD_FORMAT = 2
+RECORD_FORMAT = 3  # 3: VideoTracker resizes uint8 frames as sam2's video loader (Pillow's bicubic)
 MARKER = "complete.json"
 OUTPUTS = "fp32_outputs.npz"
 Samples = Dict[str, List[Dict[str, np.ndarray]]]

@@ -39,8 +39,8 @@ than the output)::
 
 Only Cast, Transpose, Gather, Mul, Add, ReduceSum, Max, Min, Div, If, Unsqueeze
 and Greater: no GEMM, so no TF32 on TensorRT; every product of the float graphs is
-computed in FP32 as in NumPy, the Pillow graph's in int32 as in Pillow (width
-first, then height, as the references do). The
+computed in FP32 as in NumPy (width first, then height, as torch does), the
+Pillow graph's in int32 as in Pillow (in Pillow's pass order). The
 graphs are written with ``onnx.helper`` (no PyTorch) and verified in ONNX
 Runtime against their NumPy reference before they are recorded.
 """

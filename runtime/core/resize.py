@@ -1,4 +1,4 @@
-"""Bilinear resizing in NumPy that matches ``torch.nn.functional.interpolate``.
+"""Resizing in NumPy that matches the references: torch's bilinear, and Pillow's 8-bit resampling.
 
 ``F.interpolate(mode="bilinear", align_corners=False)`` with and without
 ``antialias=True`` is the reference of the inference contract; OpenCV's
@@ -105,14 +105,18 @@ def upsample_bilinear(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 # to uint8. This reproduces ``Resample.c``'s arithmetic exactly, so no Pillow is
 # needed on the device (tests compare it with Pillow pixel for pixel).
 #
-# Pass order: Pillow up to 12 always runs the horizontal pass first. Pillow 13
-# runs the vertical pass first for some shapes where the height shrinks, and the
+# Pass order: Pillow up to 12.1 runs the horizontal pass first; 12.2 and 12.3 run
+# the vertical pass first when the height shrinks and H > 100 W; the Pillow
+# 13.0.0 wheel runs it first for more shapes where the height shrinks, and the
 # uint8 rounding between the passes then differs (by 1 with the triangle, up to
 # tens of levels with the cubic's ringing on noise). For a square output of side
-# S that is exactly when ``H > S`` and ``2 * W < H + S`` (e.g. portrait 1080x1920
-# frames), found by fitting Pillow 13.0.0 on 900 random shapes and checked by
-# ``tests/runtime/test_host_ops.py``; for other outputs the rule was not pinned
-# down. This module follows Pillow 13 (the current Pillow) for square outputs.
+# S that wheel goes vertical first exactly when ``H > S`` and ``2 * W < H + S``
+# (which includes 12.2's rule; e.g. portrait 1080x1920 frames): a rule fitted on
+# ~1400 random and targeted shapes against the installed 13.0.0 wheel (no Pillow
+# source read holds it) and checked by ``tests/runtime/test_host_ops.py``. For
+# non-square outputs its rule was not pinned down. This module follows that
+# wheel for square outputs and one-axis resizes, and runs horizontal first for
+# other two-axis resizes.
 _PIL_PRECISION_BITS = 22
 PIL_FILTERS = {"bilinear": 1.0, "bicubic": 2.0}  # filter -> support at scale 1
 
@@ -171,17 +175,18 @@ def _pil_pass(x: np.ndarray, out_size: int, axis: int, filter: str) -> np.ndarra
 
 
 def pil_vertical_first(in_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> bool:
-    """Whether Pillow 13 resizes ``in_hw`` to ``out_hw`` vertical pass first (square outputs:
-    the section comment's rule; otherwise False, Pillow <= 12's order)."""
+    """Whether Pillow 13.0.0 resizes ``in_hw`` to ``out_hw`` vertical pass first (square outputs:
+    the section comment's rule; otherwise False, horizontal first)."""
     (h, w), (oh, ow) = in_hw, out_hw
     return bool(oh == ow and h > oh and 2 * w < h + oh)
 
 
 def resize_uint8_pil(image: np.ndarray, size: Tuple[int, int], filter: str = "bilinear",
                      vertical_first: Optional[bool] = None) -> np.ndarray:
-    """``uint8 [H,W,C]`` -> ``uint8 [h,w,C]`` exactly as Pillow's ``resize((w, h), filter)``
-    (``filter``: "bilinear" | "bicubic"). ``vertical_first``: the pass order; None: Pillow
-    13's (:func:`pil_vertical_first`), False: Pillow <= 12's (horizontal first)."""
+    """``uint8 [H,W,C]`` -> ``uint8 [h,w,C]`` as Pillow's ``resize((w, h), filter)`` (``filter``:
+    "bilinear" | "bicubic"), its arithmetic exactly. ``vertical_first``: the pass order; None:
+    :func:`pil_vertical_first` (exact to Pillow 13.0.0 for square outputs and one-axis resizes),
+    False: horizontal first (Pillow <= 12.1's order)."""
     if image.dtype != np.uint8:
         raise TypeError(f"resize_uint8_pil takes uint8 images, got {image.dtype}")
     if vertical_first is None:

@@ -89,15 +89,15 @@ def test_video_graph_is_sam2s_video_loader(tmp_path):
     """The video preprocess graph (ONNX Runtime) vs ``load_video_frames_from_jpg_images`` (mean 0,
     std 1: the resized frame / 255) on the JPEG frames it reads: bit for bit, landscape, portrait
     (Pillow 13 resizes those vertical pass first), growing and mixed frames."""
-    import PIL
     import torch
     from PIL import Image
     from sam2.utils.misc import load_video_frames_from_jpg_images
 
+    from tests.pillow_order import FITTED
+
     spec = video_preprocess_spec(256)
     sess = ort.InferenceSession(pil_preprocess_graph(spec).SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(7)
-    pillow13 = int(PIL.__version__.split(".")[0]) >= 13
     for h, w in [(480, 640), (640, 360), (200, 150), (120, 700), (256, 256)]:
         folder = tmp_path / f"{h}x{w}"
         folder.mkdir()
@@ -105,8 +105,8 @@ def test_video_graph_is_sam2s_video_loader(tmp_path):
         frame = np.array(Image.open(folder / "00000.jpg").convert("RGB"))
         feeds = video_preprocess_feeds(frame, 256)
         got = sess.run(["image"], feeds)[0]
-        if feeds["vertical_first"][0] and not pillow13:
-            continue  # this Pillow runs the other order
+        if feeds["vertical_first"][0] and not FITTED:
+            continue  # this Pillow may run another order (tests/pillow_order.py)
         ref = load_video_frames_from_jpg_images(str(folder), 256, True, img_mean=(0, 0, 0), img_std=(1, 1, 1),
                                                 compute_device=torch.device("cpu"))[0]
         np.testing.assert_array_equal(got, ref.numpy(), err_msg=f"{h}x{w}")

@@ -121,14 +121,12 @@ def _pillow(a: np.ndarray, hw, resample: str) -> np.ndarray:
 def test_pil_resize_is_pillow_to_the_pixel(resample):
     """resize_uint8_pil vs Pillow: each pass alone to the pixel at shrinking, growing and mixed
     sizes; both passes in Pillow 13's order (pil_vertical_first) to the pixel when the installed
-    Pillow is 13 or later, and in Pillow <= 12's order (horizontal first) as Pillow's passes one
+    Pillow is 13.0 (tests/pillow_order.py), and in Pillow <= 12.1's order (horizontal first) as Pillow's passes one
     after the other. Tall shrinking shapes are where the two orders differ."""
-    import PIL
-
     from runtime.core.resize import pil_vertical_first, resize_uint8_pil
+    from tests.pillow_order import FITTED
 
     rng = np.random.default_rng(5)
-    pillow13 = int(PIL.__version__.split(".")[0]) >= 13
     orders = []
     for (h, w), s in [((480, 640), 256), ((1080, 1920), 1024), ((90, 70), 256), ((300, 1000), 352),
                       ((1920, 1080), 512), ((640, 480), 512), ((640, 480), 1024), ((600, 500), 256),
@@ -142,7 +140,7 @@ def test_pil_resize_is_pillow_to_the_pixel(resample):
         orders.append(vertical)
         if vertical:
             assert (resize_uint8_pil(img, (s, s), resample) != twelve).any(), (h, w, s)
-        if pillow13:
+        if FITTED:
             np.testing.assert_array_equal(resize_uint8_pil(img, (s, s), resample), _pillow(img, (s, s), resample),
                                           err_msg=str((h, w, s)))
     assert orders.count(True) == 3  # both orders are exercised

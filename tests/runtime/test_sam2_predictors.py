@@ -193,11 +193,12 @@ def test_video_tracker_resizes_frames_as_sam2s_video_loader(stock_sam2_factory, 
     """A portrait video (320x200 frames: sam2's loader stretches them to 256x256 with Pillow's
     bicubic, vertical pass first in Pillow 13): the tracker's masks match SAM2VideoPredictor's
     with the resize on the host (NumPy) and in the folder's video preprocess graph."""
-    import PIL
     from PIL import Image
 
-    if int(PIL.__version__.split(".")[0]) < 13:
-        pytest.skip("the runtime follows Pillow 13's pass order; this Pillow runs the other for these frames")
+    from tests.pillow_order import FITTED, WHY_NOT
+
+    if not FITTED:
+        pytest.skip(WHY_NOT)
     choice, ckpt, engines = stock_sam2_factory("2.1")
     for t in range(8):
         Image.fromarray(scene(t, size=(320, 200))).save(tmp_path / f"{t:05d}.jpg", quality=95)

@@ -175,6 +175,8 @@ def test_preprocess_mode_errors(tiny_engines, tmp_path):
     assert edge_stages_to_run(folder, "onnxruntime", gpu, {e: "host" for e in both}) == {}
     assert list(edge_stages_to_run(folder, "onnxruntime", gpu, stages=VideoTracker.EDGES)) == [
         "video_preprocess", "postprocess"]
+    with pytest.raises(UsageError, match="this product runs no postprocess graph .* use postprocess='auto' or 'host'"):
+        edge_stages_to_run(folder, "onnxruntime", gpu, {"postprocess": "backend"}, stages=("preprocess",))
     with pytest.raises(UsageError, match="unknown edge option 'video_preprocess'"):
         edge_stages_to_run(folder, "onnxruntime", gpu, {"video_preprocess": "host"})
     # Each product opens the edge graphs it uses, and only those.

@@ -157,6 +157,9 @@ def edge_stages_to_run(folder: ModelFolder, backend: str, providers=None,
     names = list(edges) if stages is None else list(stages)
     for option, mode in modes.items():  # "backend" with nothing of that kind to run it on
         if mode == "backend" and not any(edge_option(n) == option for n in names):
+            if stages is not None:  # the product itself has no such step on the backend
+                raise UsageError(f"{option}='backend' but this product runs no {option} graph (its edge graphs: "
+                                 f"{', '.join(stages) or 'none'}); use {option}='auto' or 'host'")
             raise UsageError(f"{option}='backend' but {str(folder.path)!r} has no {option} graph (built by an "
                              f"older export.build): rebuild it, or use {option}='host'")
     cpu = False

@@ -12,7 +12,8 @@ Values passed to :meth:`StageRunner.infer` may be NumPy arrays or tensors that
 the same backend returned earlier (device tensors for GPU backends), so that
 stages chain without host round trips. :meth:`to_host` turns any value into a
 NumPy array; :meth:`upload` makes a persistent backend-native copy of a host
-array (identity for host backends), used for cached reference memories.
+array (the array itself where the backend takes host arrays), used for cached
+reference memories.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ def _register_shared_arena(ort) -> None:
 
 
 class OnnxRuntimeStageRunner(StageRunner):
-    """Runs one ONNX model (its bytes, as hashed by the model folder, or a path); NumPy in, NumPy out.
+    """Runs one ONNX model (its bytes, as hashed by the model folder, or a path): NumPy in and out, or
+    ``OrtValue`` s where its inputs and outputs are bound (``io_binding``).
 
     Session options are set deliberately: all graph optimisations, intra-op
     threads = ``threads`` (0 lets ORT use one per physical core), sequential
