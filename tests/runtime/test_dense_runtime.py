@@ -214,3 +214,24 @@ def test_segment_cli_dense(tmp_path, capsys):
     rc = main(["--model-dir", str(built("features-fpn")), "--target", str(tmp_path / "a.png"),
                "--out", str(tmp_path / "out2")])
     assert rc == 2 and "FeatureExtractor" in capsys.readouterr().err
+
+
+def test_io_binding_chains_dense_parts_on_ortvalues_with_the_same_results():
+    """ONNX Runtime's IOBinding path (forced on the CPU provider: host OrtValues) through a split
+    build's chained parts, the preprocess graph and the feature engine: the same maps and features."""
+    from runtime.core.session import EngineSession
+    from runtime.dense.features import FeatureExtractor
+    from runtime.dense.segmenter import DenseSegmenter
+
+    img = _image(90, 120, seed=3)
+    out = {}
+    for bind in (False, True):
+        with EngineSession.open(built("unext-split-fp16"), backend="onnxruntime", io_binding=bind,
+                                preprocess="backend") as session:
+            assert len(session.runners) == 4  # sam_encoder, dino_encoder, decoder + the preprocess graph
+            out[bind, "prob"] = DenseSegmenter(session).predict(img)
+        with EngineSession.open(built("features-fpn"), backend="onnxruntime", io_binding=bind) as session:
+            out[bind, "feats"] = FeatureExtractor(session).extract(img)
+    np.testing.assert_array_equal(out[True, "prob"], out[False, "prob"])
+    for k, v in out[False, "feats"].items():
+        np.testing.assert_array_equal(out[True, "feats"][k], v)
