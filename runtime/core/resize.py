@@ -117,6 +117,11 @@ def upsample_bilinear(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 # non-square outputs its rule was not pinned down. This module follows that
 # wheel for square outputs and one-axis resizes, and runs horizontal first for
 # other two-axis resizes.
+# The weights are computed in double precision with the operations of Pillow's C
+# code, without fused multiply-adds, as x86-64 builds of Pillow run them; a
+# Pillow build that contracts them into FMAs (compilers may on aarch64, e.g. a
+# Jetson) could round a weight's last bit, and so rarely a pixel, otherwise (not
+# checked here: no aarch64 Pillow).
 _PIL_PRECISION_BITS = 22
 PIL_FILTERS = {"bilinear": 1.0, "bicubic": 2.0}  # filter -> support at scale 1
 
