@@ -120,9 +120,10 @@ def _drop_saturating(folder: ModelFolder, stages, strict: bool):
 
 EDGE_MODES = ("auto", "backend", "host")
 EDGE_OPTIONS = ("preprocess", "postprocess")
-PREPROCESS_HELP = ("where frames become the model input: backend (the folder's preprocess graph, next to the "
-                   "encoder), host (NumPy), auto (backend on TensorRT and ONNX Runtime GPU providers, host "
-                   "on the CPU provider, where NumPy is faster)")
+PREPROCESS_HELP = ("where frames become the model input: backend (the folder's preprocess graph for the "
+                   "product, next to the encoder: the image predictor's resize, the tracker's video-loader "
+                   "resize, the dense models' Pillow resize), host (NumPy, the same result), auto (backend on "
+                   "TensorRT and ONNX Runtime GPU providers, host on the CPU provider)")
 POSTPROCESS_HELP = ("where mask logits become frame-size masks: backend (the folder's postprocess graph, next to "
                     "the decoder; only the masks asked for come back), host (OpenCV), auto (backend on TensorRT "
                     "and ONNX Runtime GPU providers, host on the CPU provider, where OpenCV is faster)")
