@@ -151,7 +151,7 @@ def build(opts: BuildOptions, log: Log) -> ModelFolder:
         for i, name in enumerate(STAGES, 1)}
     from export.edges import SAM2_EDGE_GRAPHS, export_edge
 
-    edges = edge_specs(choice.image_size, opts.max_frame_side, ranges["objects"])
+    edges = edge_specs(choice.image_size, opts.max_frame_side, ranges["objects"], tracking=opts.stock_sam2)
     edge_records = {name: export_edge(spec, SAM2_EDGE_GRAPHS[name], out,
                                       previous.manifest.edge_stages.get(name) if previous else None, log)
                     for name, spec in edges.items()}

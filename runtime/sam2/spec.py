@@ -211,11 +211,15 @@ def postprocess_spec(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
 
 
 def edge_specs(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
-               objects: AxisRange = DEFAULT_AXIS_RANGES["objects"]) -> Dict[str, StageSpec]:
-    """The edge stages of a SAM2 folder, by name (:data:`EDGE_STAGES` order)."""
-    return {PREPROCESS: preprocess_spec(image_size, max_side),
-            VIDEO_PREPROCESS: video_preprocess_spec(image_size, max_side),
-            POSTPROCESS: postprocess_spec(image_size, max_side, objects)}
+               objects: AxisRange = DEFAULT_AXIS_RANGES["objects"], tracking: bool = True) -> Dict[str, StageSpec]:
+    """The edge stages of a SAM2 folder, by name (:data:`EDGE_STAGES` order); the video preprocess
+    graph only where the folder tracks (``tracking``: stock SAM2, the folders ``VideoTracker`` opens)."""
+    specs = {PREPROCESS: preprocess_spec(image_size, max_side),
+             VIDEO_PREPROCESS: video_preprocess_spec(image_size, max_side),
+             POSTPROCESS: postprocess_spec(image_size, max_side, objects)}
+    if not tracking:
+        del specs[VIDEO_PREPROCESS]
+    return specs
 
 
 def parse_stages(text) -> List[str]:

@@ -155,7 +155,7 @@ def test_frames_outside_the_graph_profile_are_resized_on_the_host(stock):
         assert masks.shape == (3, 100, hi + 1)
 
 
-def test_preprocess_mode_errors(tiny_engines, tmp_path):
+def test_preprocess_mode_errors(tiny_engines, stock, tmp_path):
     import json
     import shutil
 
@@ -170,19 +170,20 @@ def test_preprocess_mode_errors(tiny_engines, tmp_path):
     folder = ModelFolder.open(tiny_engines)
     gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     both = ["preprocess", "postprocess"]
-    assert list(edge_stages_to_run(folder, "onnxruntime", gpu)) == ["preprocess", "video_preprocess", "postprocess"]
+    assert list(edge_stages_to_run(folder, "onnxruntime", gpu)) == both  # a few-shot folder: no video graph
+    tracking = ModelFolder.open(stock)
+    assert list(edge_stages_to_run(tracking, "onnxruntime", gpu)) == ["preprocess", "video_preprocess", "postprocess"]
     assert list(edge_stages_to_run(folder, "onnxruntime", gpu, {"preprocess": "host"})) == ["postprocess"]
     assert edge_stages_to_run(folder, "onnxruntime", gpu, {e: "host" for e in both}) == {}
-    assert list(edge_stages_to_run(folder, "onnxruntime", gpu, stages=VideoTracker.EDGES)) == [
+    assert list(edge_stages_to_run(tracking, "onnxruntime", gpu, stages=VideoTracker.EDGES)) == [
         "video_preprocess", "postprocess"]
     with pytest.raises(UsageError, match="this product runs no postprocess graph .* use postprocess='auto' or 'host'"):
         edge_stages_to_run(folder, "onnxruntime", gpu, {"postprocess": "backend"}, stages=("preprocess",))
     with pytest.raises(UsageError, match="unknown edge option 'video_preprocess'"):
         edge_stages_to_run(folder, "onnxruntime", gpu, {"video_preprocess": "host"})
     # Each product opens the edge graphs it uses, and only those.
-    with EngineSession.open(tiny_engines, backend="onnxruntime", preprocess="backend", postprocess="host",
-                            edges=VideoTracker.EDGES) as session:
-        assert [s for s in session.runners if s not in folder.specs] == ["video_preprocess"]
+    with VideoTracker.load(stock, backend="onnxruntime", preprocess="backend", postprocess="host") as trk:
+        assert [s for s in trk.session.runners if s not in tracking.specs] == ["video_preprocess"]
     with FewShotSegmenter.load(tiny_engines, backend="onnxruntime", preprocess="backend") as seg:
         assert [s for s in seg.session.runners if s not in folder.specs] == ["preprocess"]
     assert edge_stages_to_run(folder, "onnxruntime", ["CPUExecutionProvider"]) == {}
@@ -201,13 +202,15 @@ def test_preprocess_mode_errors(tiny_engines, tmp_path):
         FewShotSegmenter.load(old, backend="onnxruntime", preprocess="backend")
     with pytest.raises(UsageError, match="no postprocess graph"):
         FewShotSegmenter.load(old, backend="onnxruntime", postprocess="backend")
-    m = json.loads((tiny_engines / "manifest.json").read_text())
+    older = tmp_path / "older"
+    shutil.copytree(stock, older)
+    m = json.loads((older / "manifest.json").read_text())
     del m["edge_specs"]["video_preprocess"], m["edge_stages"]["video_preprocess"]  # before the video loader's graph
-    (old / "manifest.json").write_text(json.dumps(m))
-    with EngineSession.open(old, backend="onnxruntime", postprocess="backend", edges=VideoTracker.EDGES) as session:
-        assert "video_preprocess" not in session.runners and "postprocess" in session.runners  # the host resizes
+    (older / "manifest.json").write_text(json.dumps(m))
+    with VideoTracker.load(older, backend="onnxruntime", postprocess="backend") as trk:
+        assert "video_preprocess" not in trk.session.runners and "postprocess" in trk.session.runners  # host resizes
     with pytest.raises(UsageError, match="no video_preprocess graph .* preprocess='host'"):
-        EngineSession.open(old, backend="onnxruntime", preprocess="backend", edges=VideoTracker.EDGES)
+        VideoTracker.load(older, backend="onnxruntime", preprocess="backend")
 
 
 def _same_masks(got_mask, got_logits, ref_logits, thr=0.0):

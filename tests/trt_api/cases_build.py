@@ -96,8 +96,8 @@ def test_reuse_needs_a_matching_record(gpu, tmp_path):
     again = ModelFolder.read(folder.path)  # what a rerun sees before building
     logs = []
     build_engines(again, previous, skip=False, log=logs.append)
-    n = len(folder.runnable_specs)  # 4 stages + preprocess, video_preprocess, postprocess
-    assert sum("up to date, reusing" in m for m in logs) == n == 7 and len(gpu.built) == n
+    n = len(folder.runnable_specs)  # 4 stages + preprocess + postprocess (few-shot: no video graph)
+    assert sum("up to date, reusing" in m for m in logs) == n == 6 and len(gpu.built) == n
     for stage in [*previous.manifest.stages.values(), *previous.manifest.edge_stages.values()]:
         stage.engine.tensorrt_version = "10.0.0.6"
     previous.manifest.stages["mask_decoder"].engine.gpu = {"name": "Orin", "compute_capability": "8.7"}
@@ -124,12 +124,12 @@ def test_a_preprocess_graph_tensorrt_refuses_leaves_the_host_to_resize(gpu, tmp_
     monkeypatch.setattr(trt_build, "build_engine", build)
     logs = []
     info = engines.build_engines(folder, None, skip=False, log=logs.append)
-    assert sorted(info["engines"]) == sorted([*folder.specs, "video_preprocess", "postprocess"])
+    assert sorted(info["engines"]) == sorted([*folder.specs, "postprocess"])
     assert list(info["edge_failures"]) == ["preprocess"] and "stand-in refusal" in info["edge_failures"]["preprocess"]
     assert any("preprocess: engine NOT built" in m and "on the host" in m for m in logs)
     assert folder.stage("preprocess").engine is None and not (folder.path / "preprocess.fp32.engine").exists()
     folder.manifest.tensorrt = info
-    assert list(edge_stages_to_run(folder, "tensorrt", None)) == ["video_preprocess", "postprocess"]  # built
+    assert list(edge_stages_to_run(folder, "tensorrt", None)) == ["postprocess"]  # its engine was built
     with pytest.raises(Exception, match="stand-in refusal"):
         edge_stages_to_run(folder, "tensorrt", None, {"preprocess": "backend"})
 
