@@ -25,9 +25,6 @@ import numpy as np
 
 from bench.throughput import BenchError, _machine, _versions, frame_sizes, summarize, time_calls
 
-SEMANTICS = ("image-predictor", "video-loader", "pillow-bilinear")
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.edge_graphs", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -41,21 +38,13 @@ def parse_args(argv=None):
 
 
 def _cases(image_size: int, dense_size: int) -> Dict[str, tuple]:
-    """semantics -> (model size, graph spec, host function(frame, S), feeds function(frame, S))."""
-    from runtime.core.edges import pil_model_input, pil_preprocess_feeds, pil_preprocess_spec
-    from runtime.core.images import rgb_to_float
-    from runtime.sam2.inputs import image_to_model_input, preprocess_feeds, video_frame_to_model_input
+    """Edge graph kind (:data:`export.edges.EDGE_GRAPHS`) -> (model size, its graph's spec)."""
+    from runtime.core.edges import pil_preprocess_spec
     from runtime.sam2.spec import preprocess_spec, video_preprocess_spec
 
-    return {
-        "image-predictor": (image_size, preprocess_spec(image_size),
-                            lambda f, s: image_to_model_input(rgb_to_float(f), s), preprocess_feeds),
-        "video-loader": (image_size, video_preprocess_spec(image_size), video_frame_to_model_input,
-                         lambda f, s: pil_preprocess_feeds(f, s, "bicubic")),
-        "pillow-bilinear": (dense_size, pil_preprocess_spec("preprocess", dense_size, "bilinear"),
-                            lambda f, s: pil_model_input(f, s, "bilinear"),
-                            lambda f, s: pil_preprocess_feeds(f, s, "bilinear")),
-    }
+    return {"image-predictor": (image_size, preprocess_spec(image_size)),
+            "video-loader": (image_size, video_preprocess_spec(image_size)),
+            "pillow-bilinear": (dense_size, pil_preprocess_spec("preprocess", dense_size, "bilinear"))}
 
 
 def run(args) -> dict:
@@ -71,8 +60,10 @@ def run(args) -> dict:
     so.intra_op_num_threads = args.threads
     rng = np.random.default_rng(0)
     rows: List[dict] = []
-    for name, (size, spec, host, feeds) in _cases(args.image_size, args.dense_size).items():
-        graph = EDGE_GRAPHS[name].build(spec).SerializeToString()
+    for name, (size, spec) in _cases(args.image_size, args.dense_size).items():
+        kind = EDGE_GRAPHS[name]
+        host, feeds = kind.host, kind.feeds
+        graph = kind.build(spec).SerializeToString()
         sess = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
         for h, w in sizes:
             frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)

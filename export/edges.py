@@ -60,6 +60,7 @@ from runtime.core.compare import EDGE_PARITY, compare_outputs, mask_iou, worst
 from runtime.core.edges import UNIT_LEVELS, pil_model_input, pil_preprocess_feeds
 from runtime.core.fileio import atomic_path, sha256_file
 from runtime.core.folder import FileRecord, StageRecord, onnx_name
+from runtime.core.images import rgb_to_float
 from runtime.core.resize import resize_bilinear
 from runtime.core.spec import StageSpec
 from runtime.sam2.inputs import (image_to_model_input, postprocess_feeds, preprocess_feeds,
@@ -234,28 +235,35 @@ def _postprocess_cases(spec: StageSpec, run, rng) -> List[Dict[str, object]]:
 @dataclass(frozen=True)
 class EdgeGraph:
     """One kind of edge graph: how it is written (``build``), what it does, and its parity
-    ``cases`` against the NumPy ``reference`` (named for the record)."""
+    ``cases`` against the NumPy ``reference`` (named for the record). A frame graph also names
+    its ``feeds(frame, S)`` and its ``host(frame, S)`` twin, the model input the host computes."""
 
     build: Callable[[StageSpec], onnx.ModelProto]
     what: str
     reference: str
     cases: Callable
+    feeds: Optional[Callable[[np.ndarray, int], Dict[str, np.ndarray]]] = None
+    host: Optional[Callable[[np.ndarray, int], np.ndarray]] = None
+
+
+def _frame_graph(build, what: str, reference: str, feeds, host) -> EdgeGraph:
+    return EdgeGraph(build, what, reference, _frame_cases(feeds, host), feeds, host)
 
 
 _TORCH, _PILLOW = "(NumPy, torch's bilinear formulas)", "(NumPy, Pillow's integer arithmetic)"
 EDGE_GRAPHS: Dict[str, EdgeGraph] = {
-    "image-predictor": EdgeGraph(
+    "image-predictor": _frame_graph(
         preprocess_graph, "a uint8 frame -> the model input (sam2's image predictor)",
         f"runtime.sam2.inputs.image_to_model_input {_TORCH}",
-        _frame_cases(preprocess_feeds, lambda f, s: image_to_model_input(f.astype(np.float32) / np.float32(255.0), s))),
-    "video-loader": EdgeGraph(
+        preprocess_feeds, lambda f, s: image_to_model_input(rgb_to_float(f), s)),
+    "video-loader": _frame_graph(
         pil_preprocess_graph, "a uint8 frame -> the model input (sam2's video loader)",
         f"runtime.sam2.inputs.video_frame_to_model_input {_PILLOW}",
-        _frame_cases(video_preprocess_feeds, video_frame_to_model_input)),
-    "pillow-bilinear": EdgeGraph(
+        video_preprocess_feeds, video_frame_to_model_input),
+    "pillow-bilinear": _frame_graph(
         pil_preprocess_graph, "a uint8 frame -> the model input (Pillow's bilinear, as the authors)",
         f"runtime.core.edges.pil_model_input, bilinear {_PILLOW}",
-        _frame_cases(lambda f, s: pil_preprocess_feeds(f, s, "bilinear"), lambda f, s: pil_model_input(f, s, "bilinear"))),
+        lambda f, s: pil_preprocess_feeds(f, s, "bilinear"), lambda f, s: pil_model_input(f, s, "bilinear")),
     "logits": EdgeGraph(
         postprocess_graph, "low-res logits -> frame-size logits and masks",
         f"runtime.core.resize.resize_bilinear, then > threshold {_TORCH}", _postprocess_cases),

@@ -21,7 +21,7 @@ def test_report_times_each_preprocessing_both_ways(tmp_path, capsys):
 
 
 def test_a_graph_that_disagrees_with_the_host_is_reported(tmp_path, capsys, monkeypatch):
-    import runtime.core.edges as edges
+    import export.edges as edges  # the host twins of the edge graph kinds live there
 
     real = edges.pil_model_input
     monkeypatch.setattr(edges, "pil_model_input", lambda f, s, filt: real(f, s, filt) + np.float32(1 / 255))
