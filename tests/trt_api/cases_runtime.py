@@ -178,6 +178,27 @@ def test_deactivate_frees_everything(fakes):
         r.infer(feeds(1))
 
 
+def test_an_upload_lives_as_long_as_its_view(fakes):
+    """A tracker uploads its memory bank every frame: device memory must not grow with frames."""
+    rt, _ = fakes
+    r = runner().activate()
+    f = feeds(2)
+    kept = r.upload(f["x"])  # a cached reference memory
+    baseline = len(rt.device_mem)
+    for i in range(50):
+        per_frame = r.upload(feeds(2, seed=i)["y"])
+        np.testing.assert_allclose(r.to_host(r.infer({"x": kept, "y": per_frame})["z"]),
+                                   f["x"] + feeds(2, seed=i)["y"], rtol=1e-6)
+    del per_frame
+    assert len(rt.device_mem) == baseline  # each frame's upload freed with its view
+    np.testing.assert_array_equal(r.to_host(kept), f["x"])  # the kept one untouched
+    r.deactivate()
+    assert not rt.device_mem  # the kept one is freed at deactivate too
+    with pytest.raises(RuntimeError, match="freed"):
+        kept.check_valid()
+    del kept  # its buffer's own free after deactivate is a no-op (no double free)
+
+
 def test_pageable_path_without_staging(fakes):
     rt, _ = fakes
     with runner(pinned_staging=False) as r:

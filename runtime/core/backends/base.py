@@ -11,9 +11,10 @@ axis ranges) here, once, for every backend.
 Values passed to :meth:`StageRunner.infer` may be NumPy arrays or tensors that
 the same backend returned earlier (device tensors for GPU backends), so that
 stages chain without host round trips. :meth:`to_host` turns any value into a
-NumPy array; :meth:`upload` makes a persistent backend-native copy of a host
-array (the array itself where the backend takes host arrays), used for cached
-reference memories.
+NumPy array; :meth:`upload` makes a backend-native copy of a host array (the
+array itself where the backend takes host arrays) that lives as long as the
+value returned (cached reference memories keep theirs; a frame's feeds go with
+the frame).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class StageRunner(abc.ABC):
         return np.asarray(value)
 
     def upload(self, array: np.ndarray) -> Any:
-        """A persistent backend-native copy of ``array`` (identity on the host)."""
+        """A backend-native copy of ``array`` that lives as long as the value returned
+        (identity on the host)."""
         return np.ascontiguousarray(array, dtype=np.float32)
 
     @abc.abstractmethod

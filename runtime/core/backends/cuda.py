@@ -150,7 +150,8 @@ def gpu_record(device: Optional[int] = None) -> Dict[str, str]:
 
 # memory -----------------------------------------------------------------------
 class DeviceBuffer:
-    """``nbytes`` of device memory; free it with :meth:`free` (idempotent).
+    """``nbytes`` of device memory, freed by :meth:`free` (idempotent) or when the last
+    reference to it goes (a :class:`DeviceTensor` view holds one).
 
     ``version`` is bumped by whoever overwrites the buffer's contents in place
     (a runner's next ``infer``), so stale :class:`DeviceTensor` views are caught.
@@ -158,8 +159,10 @@ class DeviceBuffer:
 
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
+        self.ptr: int = 0
+        self._rt = cudart()  # the runtime that allocated it frees it, even after a switch
         # cudaMalloc(0) returns NULL; keep every live buffer a real allocation.
-        self.ptr: int = int(cuda_call(cudart().cudaMalloc(max(self.nbytes, 1))))
+        self.ptr = int(cuda_call(self._rt.cudaMalloc(max(self.nbytes, 1))))
         self.version = 0
 
     @property
@@ -169,7 +172,13 @@ class DeviceBuffer:
     def free(self) -> None:
         if self.ptr:
             ptr, self.ptr = self.ptr, 0
-            cuda_call(cudart().cudaFree(ptr))
+            cuda_call(self._rt.cudaFree(ptr))  # cudaFree waits for the device work using it
+
+    def __del__(self) -> None:
+        try:
+            self.free()
+        except Exception:  # interpreter shutdown, or a context already gone
+            pass
 
     def __repr__(self) -> str:
         return f"DeviceBuffer(ptr={self.ptr:#x}, nbytes={self.nbytes})"

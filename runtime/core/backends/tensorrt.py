@@ -30,6 +30,7 @@ another stream is synchronised before use.
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -204,7 +205,7 @@ class TensorRTStageRunner(StageRunner):
         self._active_profile = -1
         self._buffers: Dict[str, DeviceBuffer] = {}
         self._staging: Dict[str, PinnedStaging] = {}
-        self._uploads: List[DeviceBuffer] = []
+        self._uploads: "weakref.WeakSet[DeviceBuffer]" = weakref.WeakSet()
 
     # lifecycle -----------------------------------------------------------------
     def _activate(self) -> None:
@@ -303,7 +304,7 @@ class TensorRTStageRunner(StageRunner):
                 self.stream.synchronize()
             except cuda.CudaError as e:  # still free what we can
                 LOG.warning("stream synchronize failed while releasing %s: %s", self.spec.name, e)
-        for buf in list(self._buffers.values()) + self._uploads:
+        for buf in list(self._buffers.values()) + list(self._uploads):
             buf.free()
         for staging in self._staging.values():
             staging.free()
@@ -379,12 +380,13 @@ class TensorRTStageRunner(StageRunner):
         return np.asarray(value)
 
     def upload(self, array: np.ndarray) -> DeviceTensor:
-        """A persistent device copy of ``array`` (float32), freed at ``deactivate``."""
+        """A device copy of ``array`` (float32), freed when the returned view is dropped, or
+        at ``deactivate`` (so a per-frame upload does not hold device memory past its frame)."""
         if not self.is_active:
             raise RuntimeError(f"tensorrt runner for {self.spec.name!r} must be active to upload")
         host = np.ascontiguousarray(array, dtype=np.float32)
         buf = DeviceBuffer(host.nbytes)
-        self._uploads.append(buf)
+        self._uploads.add(buf)
         if host.nbytes:
             cuda.memcpy_htod_async(buf.ptr, host, self.stream)
         return DeviceTensor(buf.ptr, host.shape, host.dtype, owner=buf, stream=self.stream)
