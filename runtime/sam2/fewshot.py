@@ -175,11 +175,9 @@ class FewShotSegmenter(Product):
         cfg, consts = self.stages.cfg, self.stages.consts
         mems = select_memories(k, cfg["num_maskmem"])
         ptrs = select_pointers(k, cfg["max_obj_ptrs_in_encoder"])
-        base_pos = consts["maskmem_pos_enc"][0]
-        tpos = consts["maskmem_tpos_enc"]
         return {
             "mem_feats": [refs[j].maskmem for j, _ in mems],
-            "mem_pos": [base_pos + tpos[t][:, None, None] for _, t in mems],
+            "mem_tpos": [t for _, t in mems],
             "obj_ptrs": [refs[j].obj_ptr for j, _ in ptrs],
             "obj_ptr_pos": pointer_pos_enc([d for _, d in ptrs], k + 1, cfg, consts),
         }

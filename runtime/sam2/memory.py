@@ -140,11 +140,24 @@ def tracking_window(cfg: dict) -> int:
     return max(cfg["num_maskmem"] * stride, cfg["max_obj_ptrs_in_encoder"])
 
 
-def pack_objects(memories: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-    """Several objects' memory-attention inputs -> one batched feed of memory attention.
+def memory_pos_table(consts: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Position encoding of a spatial memory per ``maskmem_tpos_enc`` index: ``[num_maskmem,64,h,w]``.
+
+    sam2 adds ``maskmem_pos_enc`` (the memory encoder's spatial encoding, the
+    same for every memory of a model size) and ``maskmem_tpos_enc[i]`` (the
+    memory's temporal slot), so a memory's encoding depends on its index only:
+    made once per model, looked up per frame (:func:`pack_positions`).
+    """
+    base = consts["maskmem_pos_enc"][0]  # [64,h,w]
+    return np.stack([base + t[:, None, None] for t in consts["maskmem_tpos_enc"]]).astype(np.float32)
+
+
+def pack_objects(memories: Sequence[Mapping[str, Sequence]]) -> Dict[str, np.ndarray]:
+    """Several objects' memory entries -> one batched feed of memory attention, but ``mem_pos``.
 
     Each of ``memories`` holds one object's entries, as arrays or sequences of
-    per-entry arrays: ``mem_feats [Nm_i][64,h,w]``, ``mem_pos [Nm_i][64,h,w]``,
+    per-entry arrays: ``mem_feats [Nm_i][64,h,w]``, ``mem_tpos [Nm_i]`` (each
+    memory's ``maskmem_tpos_enc`` index, for :func:`pack_positions`),
     ``obj_ptrs [Np_i][256]`` and ``obj_ptr_pos [Np_i][64]``. Each entry is
     copied once, into its slot of a leading objects axis zero-padded to the
     largest ``Nm`` / ``Np``; ``mem_valid [N,Nm]`` / ``ptr_valid [N,Np]`` mark
@@ -154,10 +167,10 @@ def pack_objects(memories: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.n
     if not memories:
         raise ValueError("no object to pack")
     out: Dict[str, np.ndarray] = {}
-    for name, pos, valid in (("mem_feats", "mem_pos", "mem_valid"), ("obj_ptrs", "obj_ptr_pos", "ptr_valid")):
-        counts = [len(m[name]) for m in memories]
+    for names, valid in ((("mem_feats",), "mem_valid"), (("obj_ptrs", "obj_ptr_pos"), "ptr_valid")):
+        counts = [len(m[names[0]]) for m in memories]
         size = max(counts)
-        for key in (name, pos):
+        for key in names:
             entry = np.shape(memories[0][key][0])
             batch = np.zeros((len(memories), size) + entry, np.float32)
             for i, m in enumerate(memories):
@@ -165,6 +178,22 @@ def pack_objects(memories: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.n
                     batch[i, j] = a
             out[key] = batch
         out[valid] = (np.arange(size)[None, :] < np.asarray(counts)[:, None]).astype(np.float32)
+    return out
+
+
+def positions_key(memories: Sequence[Mapping[str, Sequence]]) -> Tuple[Tuple[int, ...], ...]:
+    """What :func:`pack_positions` depends on: each object's ``mem_tpos`` (the same frame after
+    frame once a tracked object's memory bank is full, so its packed encodings can be reused)."""
+    return tuple(tuple(int(i) for i in m["mem_tpos"]) for m in memories)
+
+
+def pack_positions(memories: Sequence[Mapping[str, Sequence]], table: np.ndarray) -> np.ndarray:
+    """``mem_pos [N,Nm,64,h,w]`` of :func:`pack_objects`' batch: ``table[mem_tpos]`` per entry
+    (``table`` from :func:`memory_pos_table`), zero in the padding."""
+    key = positions_key(memories)
+    out = np.zeros((len(key), max(map(len, key))) + table.shape[1:], np.float32)
+    for i, idx in enumerate(key):
+        out[i, :len(idx)] = table[list(idx)]
     return out
 
 

@@ -8,6 +8,7 @@ prompt scaling, memory encoding, ``_use_mask_as_output``) exist once.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -28,12 +29,13 @@ from runtime.sam2.inputs import (
     video_frame_to_model_input,
     video_preprocess_feeds,
 )
-from runtime.sam2.memory import pack_objects
+from runtime.sam2.memory import memory_pos_table, pack_objects, pack_positions, positions_key
 from runtime.sam2.spec import POSTPROCESS, PREPROCESS, STAGES, VIDEO_PREPROCESS
 
 NO_OBJ_SCORE = -1024.0  # sam2's logit for "object absent"
 BINARIZED_LOGIT = 1e4  # sigmoid() of +-1e4 is exactly 1 / 0 in float32
 MASK_OUT_SCALE, MASK_OUT_BIAS = 20.0, -10.0  # sam2's _use_mask_as_output
+POSITIONS_KEPT = 4  # packed memory position encodings kept uploaded, most recently used first
 
 
 def objects_per_call_for(stages: "Sam2Stages", asked: Optional[int]) -> int:
@@ -89,6 +91,8 @@ class Sam2Stages:
         # Decoder prompt for "no prompt" (one padding point) and "no mask input".
         self.no_points = self.no_points_for(1)
         self.no_mask = np.zeros((1, 1, e4, e4), np.float32)
+        self.pos_table = memory_pos_table(self.consts)  # [num_maskmem,64,S/16,S/16]
+        self._positions: "OrderedDict[tuple, Any]" = OrderedDict()  # positions_key -> uploaded mem_pos
 
     @property
     def runners(self) -> Dict[str, StageRunner]:
@@ -198,7 +202,7 @@ class Sam2Stages:
     def upload_memory(self, memories: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, Any]:
         """Objects' memory-attention inputs (host arrays, one mapping per object, see
         :func:`~runtime.sam2.memory.pack_objects`) -> one batched feed, backend-native,
-        checked against the profiles."""
+        checked against the profiles (``mem_pos`` from the cache of :meth:`_uploaded_positions`)."""
         ranges = self.session.manifest.axis_ranges
         limit = ranges["objects"][2]
         if len(memories) > limit:
@@ -215,7 +219,23 @@ class Sam2Stages:
             if n < lo:
                 raise ProfileLimitError(f"{n} {what} to attend to, but this model folder needs at least {lo} ({axis})")
         r = self.runners["memory_attention"]
-        return {n: r.upload(a) for n, a in pack_objects(memories).items()}
+        feeds = {n: r.upload(a) for n, a in pack_objects(memories).items()}
+        feeds["mem_pos"] = self._uploaded_positions(memories)
+        return feeds
+
+    def _uploaded_positions(self, memories: Sequence[Mapping[str, Any]]) -> Any:
+        """``mem_pos`` of ``memories``, backend-native, uploaded once per :func:`positions_key`:
+        a tracked object's is the same every frame once its memory bank is full, so on a GPU
+        only the memory features travel per frame (the last :data:`POSITIONS_KEPT` are kept)."""
+        key = positions_key(memories)
+        pos = self._positions.get(key)
+        if pos is None:
+            pos = self.runners["memory_attention"].upload(pack_positions(memories, self.pos_table))
+            self._positions[key] = pos
+            while len(self._positions) > POSITIONS_KEPT:
+                self._positions.popitem(last=False)
+        self._positions.move_to_end(key)
+        return pos
 
     def encode_memory(self, enc: Mapping[str, Any], high_res_logits: np.ndarray,
                       score: float) -> np.ndarray:

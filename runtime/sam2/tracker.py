@@ -291,8 +291,6 @@ class VideoTracker(Product):
         """What ``obj`` attends to on ``frame_idx`` (host arrays, see :func:`~runtime.sam2.memory.pack_objects`)."""
         cfg, consts = self.stages.cfg, self.stages.consts
         mems, ptrs = select_tracking_memory(frame_idx, list(obj.prompted), obj.recent, cfg, num_frames)
-        base_pos = consts["maskmem_pos_enc"][0]
-        tpos = consts["maskmem_tpos_enc"]
         t_max = num_frames if num_frames is not None else cfg["max_obj_ptrs_in_encoder"]
         if cfg["use_obj_ptrs_in_encoder"] and not ptrs:
             raise InputError(
@@ -301,7 +299,7 @@ class VideoTracker(Product):
                 "prompt every object on the first frame to track")
         return {
             "mem_feats": [obj.output(t).maskmem for t, _ in mems],
-            "mem_pos": [base_pos + tpos[i][:, None, None] for _, i in mems],
+            "mem_tpos": [i for _, i in mems],
             "obj_ptrs": [obj.output(t).obj_ptr for t, _ in ptrs],
             "obj_ptr_pos": pointer_pos_enc([d for _, d in ptrs], t_max, cfg, consts).reshape(-1, cfg["mem_dim"]),
         }

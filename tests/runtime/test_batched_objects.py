@@ -16,7 +16,7 @@ import pytest
 
 from runtime.errors import ModelFolderError, ProfileLimitError, UsageError
 from runtime.sam2.fewshot import FewShotSegmenter
-from runtime.sam2.memory import pack_objects
+from runtime.sam2.memory import pack_objects, pack_positions
 from runtime.sam2.tracker import VideoTracker
 
 IOU_MIN = 0.999
@@ -30,22 +30,62 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def _memory(rng, n_mem: int, n_ptr: int, side: int = 4):
     return {"mem_feats": rng.standard_normal((n_mem, 64, side, side)).astype(np.float32),
-            "mem_pos": rng.standard_normal((n_mem, 64, side, side)).astype(np.float32),
+            "mem_tpos": list(rng.permutation(7)[:n_mem]),
             "obj_ptrs": rng.standard_normal((n_ptr, 256)).astype(np.float32),
             "obj_ptr_pos": rng.standard_normal((n_ptr, 64)).astype(np.float32)}
+
+
+def _table(rng, side: int = 4):
+    """A stand-in for memory_pos_table: one random encoding per maskmem_tpos_enc index."""
+    return rng.standard_normal((7, 64, side, side)).astype(np.float32)
+
+
+def _packed(memories, table):
+    return {**pack_objects(memories), "mem_pos": pack_positions(memories, table)}
 
 
 def test_pack_objects_pads_and_marks_the_padding():
     rng = np.random.default_rng(0)
     a, b = _memory(rng, 1, 3), _memory(rng, 4, 2)
-    packed = pack_objects([a, b])
+    table = _table(rng)
+    packed = _packed([a, b], table)
     assert packed["mem_feats"].shape == (2, 4, 64, 4, 4) and packed["obj_ptrs"].shape == (2, 3, 256)
+    assert packed["mem_pos"].shape == (2, 4, 64, 4, 4)
     np.testing.assert_array_equal(packed["mem_valid"], [[1, 0, 0, 0], [1, 1, 1, 1]])
     np.testing.assert_array_equal(packed["ptr_valid"], [[1, 1, 1], [1, 1, 0]])
     np.testing.assert_array_equal(packed["mem_feats"][0, 0], a["mem_feats"][0])
-    np.testing.assert_array_equal(packed["mem_pos"][1], b["mem_pos"])
+    for j, t in enumerate(b["mem_tpos"]):
+        np.testing.assert_array_equal(packed["mem_pos"][1, j], table[t])
     np.testing.assert_array_equal(packed["obj_ptr_pos"][1, :2], b["obj_ptr_pos"])
     assert not packed["mem_feats"][0, 1:].any() and not packed["obj_ptrs"][1, 2:].any()
+    assert not packed["mem_pos"][0, 1:].any()
+
+
+def test_memory_pos_table_is_sams_sum_of_spatial_and_temporal_encodings(tiny_engines):
+    from runtime.core.folder import ModelFolder
+    from runtime.sam2.memory import memory_pos_table
+
+    consts = ModelFolder.open(tiny_engines).load_constants()
+    table = memory_pos_table(consts)
+    base, tpos = consts["maskmem_pos_enc"][0], consts["maskmem_tpos_enc"]
+    assert table.shape == (len(tpos),) + base.shape and table.dtype == np.float32
+    for i in range(len(tpos)):  # sam2: maskmem_pos_enc + maskmem_tpos_enc[num_maskmem - t_pos - 1]
+        np.testing.assert_array_equal(table[i], base + tpos[i][:, None, None])
+
+
+def test_tracked_positions_are_uploaded_once_per_pattern(tiny_engines):
+    """A tracked object's memory positions repeat frame after frame: uploaded once, not per frame."""
+    rng = np.random.default_rng(0)
+    with FewShotSegmenter.load(tiny_engines, backend="onnxruntime") as seg:
+        st, side = seg.stages, seg.size // 16
+        a, b = _memory(rng, 3, 2, side), _memory(rng, 3, 2, side)
+        b["mem_tpos"] = a["mem_tpos"]
+        first, again = st.upload_memory([a]), st.upload_memory([b])
+        assert again["mem_pos"] is first["mem_pos"]  # same pattern: the same uploaded value
+        assert again["mem_feats"] is not first["mem_feats"]
+        np.testing.assert_array_equal(again["mem_pos"], pack_positions([a], st.pos_table))
+        c = dict(a, mem_tpos=list(reversed(a["mem_tpos"])))
+        np.testing.assert_array_equal(st.upload_memory([c])["mem_pos"], pack_positions([c], st.pos_table))
 
 
 def test_memory_attention_graph_masks_the_padding(tiny_engines):
@@ -59,15 +99,17 @@ def test_memory_attention_graph_masks_the_padding(tiny_engines):
     rng = np.random.default_rng(1)
     vision = rng.standard_normal((1, 256, side, side)).astype(np.float32)
     objects = [_memory(rng, 1, 1, side), _memory(rng, 3, 5, side), _memory(rng, 2, 2, side)]
-    (batched,) = sess.run(["conditioned_feat"], {"vision_feat": vision, **pack_objects(objects)})
+    table = _table(rng, side)
+    (batched,) = sess.run(["conditioned_feat"], {"vision_feat": vision, **_packed(objects, table)})
     assert batched.shape == (3, 256, side, side)
     for i, m in enumerate(objects):
-        (alone,) = sess.run(["conditioned_feat"], {"vision_feat": vision, **pack_objects([m])})
+        (alone,) = sess.run(["conditioned_feat"], {"vision_feat": vision, **_packed([m], table)})
         rel = np.linalg.norm(batched[i] - alone[0]) / np.linalg.norm(alone[0])
         assert rel < 1e-6, f"object {i}: rel L2 {rel:.2e} between its batched and its own call"
     # Garbage in the padded slots changes nothing.
-    packed = pack_objects(objects)
+    packed = _packed(objects, table)
     packed["mem_feats"][0, 1:] = 1e3
+    packed["mem_pos"][0, 1:] = 7.0
     packed["obj_ptrs"][0, 1:] = -1e3
     (noisy,) = sess.run(["conditioned_feat"], {"vision_feat": vision, **packed})
     np.testing.assert_allclose(noisy, batched, rtol=0, atol=1e-5)
