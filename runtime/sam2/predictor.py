@@ -60,8 +60,8 @@ class ImagePredictor(Product):
         st = self.stages
         enc = st.encode_image(rgb)
         r = st.runners["image_encoder"]
-        # Host copies: backend output buffers may be reused by the next encoder call.
-        self._enc = {k: r.upload(r.to_host(v)) for k, v in enc.items()}
+        # Kept on the backend: its output buffers may be reused by the next encoder call.
+        self._enc = {k: r.keep(v) for k, v in enc.items()}
         embed = st.no_memory_feat(enc) if st.cfg["directly_add_no_mem_embed"] else st.vision_on_host(enc)
         self._embed = r.upload(embed)
         self._hw = rgb.shape[:2]

@@ -199,6 +199,28 @@ def test_an_upload_lives_as_long_as_its_view(fakes):
     del kept  # its buffer's own free after deactivate is a no-op (no double free)
 
 
+def test_keep_copies_an_output_on_the_device(fakes):
+    """ImagePredictor keeps an image's features across predict() calls: copied device to device,
+    valid after the runner's next run overwrote its output buffer, freed with its view."""
+    rt, _ = fakes
+    r = runner().activate()
+    first = feeds(2)
+    z = r.infer(first)["z"]
+    copies = len(rt.copies)
+    kept = r.keep(z)
+    assert [kind for kind, _ in rt.copies[copies:]] == [3]  # one device-to-device copy, no host trip
+    r.infer(feeds(2, seed=1))  # overwrites z's buffer
+    with pytest.raises(RuntimeError, match="stale"):
+        z.check_valid()
+    np.testing.assert_allclose(r.to_host(kept), first["x"] + first["y"], rtol=1e-6)
+    host = np.ones((2, 2, 3), np.float32)
+    assert r.keep(host) is host  # not one of its outputs: passes through
+    held = len(rt.device_mem)
+    del kept
+    assert len(rt.device_mem) == held - 1
+    r.deactivate()
+
+
 def test_pageable_path_without_staging(fakes):
     rt, _ = fakes
     with runner(pinned_staging=False) as r:

@@ -97,6 +97,13 @@ class StageRunner(abc.ABC):
         """A NumPy copy (or view) of a value this runner accepts or returns."""
         return np.asarray(value)
 
+    def keep(self, value: Any) -> Any:
+        """``value`` (one of this runner's outputs) in a form that stays valid after the runner's
+        next ``infer``, on the backend, without a host round trip. Identity here: ONNX Runtime
+        returns fresh arrays (or ``OrtValue`` s) per run; runners that reuse their output
+        buffers copy."""
+        return value
+
     def upload(self, array: np.ndarray) -> Any:
         """A backend-native copy of ``array`` that lives as long as the value returned
         (identity on the host)."""

@@ -379,6 +379,19 @@ class TensorRTStageRunner(StageRunner):
             return cuda.to_host(value, self.stream)
         return np.asarray(value)
 
+    def keep(self, value: Any) -> Any:
+        """A device-to-device copy of one of this runner's outputs (their buffers are overwritten
+        by the next ``infer``), freed as :meth:`upload` 's; other values pass through."""
+        if not (isinstance(value, DeviceTensor) and value.owner is not None
+                and value.owner in self._buffers.values()):
+            return value
+        value.check_valid()
+        buf = DeviceBuffer(value.nbytes)
+        self._uploads.add(buf)
+        if value.nbytes:
+            cuda.memcpy_dtod_async(buf.ptr, value.ptr, value.nbytes, self.stream)
+        return DeviceTensor(buf.ptr, value.shape, value.dtype, owner=buf, stream=self.stream)
+
     def upload(self, array: np.ndarray) -> DeviceTensor:
         """A device copy of ``array`` (float32), freed when the returned view is dropped, or
         at ``deactivate`` (so a per-frame upload does not hold device memory past its frame)."""
