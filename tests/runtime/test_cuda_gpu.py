@@ -102,3 +102,23 @@ def test_cuda_errors_carry_the_error_name():
 def test_device_record_names_this_gpu():
     rec = cuda.gpu_record()
     assert rec["name"] == cuda.device_name() and rec["compute_capability"].count(".") == 1
+
+
+def test_pooled_buffers_are_reused_in_stream_order(stream):
+    """A frame's upload reuses the previous frame's buffer: each copy lands after the last read."""
+    pool = cuda.BufferPool()
+    rng = np.random.default_rng(0)
+    try:
+        ptrs, backs = set(), []
+        for i in range(5):
+            host = rng.standard_normal((1, 7, 64, 64, 64)).astype(np.float32)
+            view = pool.view(host.shape, host.dtype, stream)
+            memcpy_htod_async(view.ptr, host, stream)
+            backs.append((to_host(view, stream), host))
+            ptrs.add(view.ptr)
+            del view
+        assert len(ptrs) == 1  # one buffer for all five frames
+        for back, host in backs:
+            np.testing.assert_array_equal(back, host)
+    finally:
+        pool.free()

@@ -178,25 +178,45 @@ def test_deactivate_frees_everything(fakes):
         r.infer(feeds(1))
 
 
-def test_an_upload_lives_as_long_as_its_view(fakes):
-    """A tracker uploads its memory bank every frame: device memory must not grow with frames."""
+def test_a_frames_uploads_are_reused_by_the_next_frame(fakes):
+    """A tracker uploads its memory bank every frame: device memory must not grow with frames,
+    and no frame may allocate or free (cudaFree waits for the whole device)."""
     rt, _ = fakes
     r = runner().activate()
     f = feeds(2)
     kept = r.upload(f["x"])  # a cached reference memory
-    baseline = len(rt.device_mem)
+    mallocs = None
     for i in range(50):
         per_frame = r.upload(feeds(2, seed=i)["y"])
         np.testing.assert_allclose(r.to_host(r.infer({"x": kept, "y": per_frame})["z"]),
                                    f["x"] + feeds(2, seed=i)["y"], rtol=1e-6)
-    del per_frame
-    assert len(rt.device_mem) == baseline  # each frame's upload freed with its view
+        del per_frame
+        if mallocs is None:
+            mallocs, held = rt.mallocs, len(rt.device_mem)
+    assert rt.mallocs == mallocs and len(rt.device_mem) == held  # frame 2..50: the same buffer
     np.testing.assert_array_equal(r.to_host(kept), f["x"])  # the kept one untouched
     r.deactivate()
-    assert not rt.device_mem  # the kept one is freed at deactivate too
+    assert not rt.device_mem  # everything, the kept one too, is freed at deactivate
     with pytest.raises(RuntimeError, match="freed"):
         kept.check_valid()
-    del kept  # its buffer's own free after deactivate is a no-op (no double free)
+
+
+def test_idle_pooled_buffers_beyond_the_cap_are_freed(fakes):
+    rt, _ = fakes
+    pool = cuda.BufferPool(max_idle_bytes=100)
+    a, b = pool.view((10,), np.float32, None), pool.view((20,), np.float32, None)
+    assert len(rt.device_mem) == 2
+    del a  # 40 idle bytes: kept for the next (10,) float32 view
+    assert len(rt.device_mem) == 2 and pool.idle_bytes == 40
+    del b  # 40 + 80 > 100: freed
+    assert len(rt.device_mem) == 1 and pool.idle_bytes == 40
+    c = pool.view((10,), np.float32, None)
+    assert len(rt.device_mem) == 1 and pool.idle_bytes == 0 and c.owner.version == 1
+    pool.free()
+    assert not rt.device_mem
+    with pytest.raises(RuntimeError, match="freed"):
+        c.check_valid()
+    del c  # after free(): filed nowhere, no double free
 
 
 def test_keep_copies_an_output_on_the_device(fakes):
@@ -215,10 +235,11 @@ def test_keep_copies_an_output_on_the_device(fakes):
     np.testing.assert_allclose(r.to_host(kept), first["x"] + first["y"], rtol=1e-6)
     host = np.ones((2, 2, 3), np.float32)
     assert r.keep(host) is host  # not one of its outputs: passes through
-    held = len(rt.device_mem)
-    del kept
-    assert len(rt.device_mem) == held - 1
+    held, nbytes = len(rt.device_mem), kept.nbytes
+    del kept  # back in the runner's pool, for the next image's features
+    assert len(rt.device_mem) == held and r._uploads.idle_bytes == nbytes
     r.deactivate()
+    assert not rt.device_mem
 
 
 def test_pageable_path_without_staging(fakes):

@@ -9,6 +9,8 @@ finaliser, because CUDA objects released at interpreter exit crash easily.
 Objects:
 
 - :class:`DeviceBuffer`: ``nbytes`` of device memory (``cudaMalloc``).
+- :class:`BufferPool`: buffers for short-lived views (per-frame uploads),
+  back in the pool when the view is dropped, freed explicitly at the end.
 - :class:`PinnedBuffer`: page-locked host memory, for truly asynchronous
   host->device copies (copies from pageable NumPy memory are staged by the
   driver and block the host).
@@ -25,7 +27,8 @@ naming what is missing.
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Dict, Optional, Sequence, Tuple
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -150,8 +153,7 @@ def gpu_record(device: Optional[int] = None) -> Dict[str, str]:
 
 # memory -----------------------------------------------------------------------
 class DeviceBuffer:
-    """``nbytes`` of device memory, freed by :meth:`free` (idempotent) or when the last
-    reference to it goes (a :class:`DeviceTensor` view holds one).
+    """``nbytes`` of device memory; free it with :meth:`free` (idempotent).
 
     ``version`` is bumped by whoever overwrites the buffer's contents in place
     (a runner's next ``infer``), so stale :class:`DeviceTensor` views are caught.
@@ -159,10 +161,8 @@ class DeviceBuffer:
 
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
-        self.ptr: int = 0
-        self._rt = cudart()  # the runtime that allocated it frees it, even after a switch
         # cudaMalloc(0) returns NULL; keep every live buffer a real allocation.
-        self.ptr = int(cuda_call(self._rt.cudaMalloc(max(self.nbytes, 1))))
+        self.ptr: int = int(cuda_call(cudart().cudaMalloc(max(self.nbytes, 1))))
         self.version = 0
 
     @property
@@ -172,16 +172,61 @@ class DeviceBuffer:
     def free(self) -> None:
         if self.ptr:
             ptr, self.ptr = self.ptr, 0
-            cuda_call(self._rt.cudaFree(ptr))  # cudaFree waits for the device work using it
-
-    def __del__(self) -> None:
-        try:
-            self.free()
-        except Exception:  # interpreter shutdown, or a context already gone
-            pass
+            cuda_call(cudart().cudaFree(ptr))
 
     def __repr__(self) -> str:
         return f"DeviceBuffer(ptr={self.ptr:#x}, nbytes={self.nbytes})"
+
+
+class BufferPool:
+    """Device buffers for views that come and go (a frame's uploads), reused instead of freed.
+
+    :meth:`view` hands out a :class:`DeviceTensor` over a buffer of its own;
+    when the view is dropped, the buffer goes back to the pool (no CUDA call:
+    a weakref callback only files it), and the next request of that size
+    takes it. So frame after frame allocates nothing and never calls
+    ``cudaFree``, which would wait for the whole device. Reuse is ordered by
+    the stream: the next copy into a buffer runs after the work that read it.
+    More than ``max_idle_bytes`` of idle buffers are freed on the spot (shapes
+    that stopped coming). :meth:`free` frees everything, views included.
+    """
+
+    def __init__(self, max_idle_bytes: int = 512 << 20):
+        self.max_idle_bytes = int(max_idle_bytes)
+        self._idle: Dict[int, List[DeviceBuffer]] = {}
+        self._owned: List[DeviceBuffer] = []
+
+    @property
+    def idle_bytes(self) -> int:
+        return sum(b.nbytes for bufs in self._idle.values() for b in bufs)
+
+    def view(self, shape: Sequence[int], dtype: Any, stream: Optional[Stream]) -> DeviceTensor:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        idle = self._idle.get(nbytes)
+        if idle:
+            buf = idle.pop()
+            buf.version += 1
+        else:
+            buf = DeviceBuffer(nbytes)
+            self._owned.append(buf)
+        tensor = DeviceTensor(buf.ptr, shape, dtype, owner=buf, stream=stream)
+        weakref.finalize(tensor, self._release, buf).atexit = False
+        return tensor
+
+    def _release(self, buf: DeviceBuffer) -> None:
+        if buf.is_freed:
+            return
+        if self.idle_bytes + buf.nbytes > self.max_idle_bytes:
+            self._owned.remove(buf)
+            buf.free()
+        else:
+            self._idle.setdefault(buf.nbytes, []).append(buf)
+
+    def free(self) -> None:
+        for buf in self._owned:
+            buf.free()
+        self._owned.clear()
+        self._idle.clear()
 
 
 class PinnedBuffer:
@@ -253,7 +298,7 @@ class DeviceTensor:
     whose work produces the data; consumers on another stream synchronise it.
     """
 
-    __slots__ = ("ptr", "shape", "dtype", "owner", "version", "stream")
+    __slots__ = ("ptr", "shape", "dtype", "owner", "version", "stream", "__weakref__")
 
     def __init__(self, ptr: int, shape: Sequence[int], dtype: Any,
                  owner: Optional[DeviceBuffer] = None, stream: Optional[Stream] = None):

@@ -30,7 +30,6 @@ another stream is synchronised before use.
 from __future__ import annotations
 
 import logging
-import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -38,7 +37,7 @@ import numpy as np
 
 from runtime.core.backends import cuda
 from runtime.core.backends.base import StageRunner
-from runtime.core.backends.cuda import DeviceBuffer, DeviceTensor, PinnedStaging, Stream
+from runtime.core.backends.cuda import BufferPool, DeviceBuffer, DeviceTensor, PinnedStaging, Stream
 from runtime.core.folder import EngineRecord, engine_usable_here
 from runtime.core.spec import StageSpec
 from runtime.errors import BackendUnavailable, EngineIncompatible, ModelFolderError
@@ -205,7 +204,7 @@ class TensorRTStageRunner(StageRunner):
         self._active_profile = -1
         self._buffers: Dict[str, DeviceBuffer] = {}
         self._staging: Dict[str, PinnedStaging] = {}
-        self._uploads: "weakref.WeakSet[DeviceBuffer]" = weakref.WeakSet()
+        self._uploads = BufferPool()
 
     # lifecycle -----------------------------------------------------------------
     def _activate(self) -> None:
@@ -304,8 +303,9 @@ class TensorRTStageRunner(StageRunner):
                 self.stream.synchronize()
             except cuda.CudaError as e:  # still free what we can
                 LOG.warning("stream synchronize failed while releasing %s: %s", self.spec.name, e)
-        for buf in list(self._buffers.values()) + list(self._uploads):
+        for buf in self._buffers.values():
             buf.free()
+        self._uploads.free()
         for staging in self._staging.values():
             staging.free()
         self._context = self._engine = self._runtime = None
@@ -381,25 +381,24 @@ class TensorRTStageRunner(StageRunner):
 
     def keep(self, value: Any) -> Any:
         """A device-to-device copy of one of this runner's outputs (their buffers are overwritten
-        by the next ``infer``), freed as :meth:`upload` 's; other values pass through."""
+        by the next ``infer``), held as :meth:`upload` 's; other values pass through."""
         if not (isinstance(value, DeviceTensor) and value.owner is not None
                 and value.owner in self._buffers.values()):
             return value
         value.check_valid()
-        buf = DeviceBuffer(value.nbytes)
-        self._uploads.add(buf)
+        kept = self._uploads.view(value.shape, value.dtype, self.stream)
         if value.nbytes:
-            cuda.memcpy_dtod_async(buf.ptr, value.ptr, value.nbytes, self.stream)
-        return DeviceTensor(buf.ptr, value.shape, value.dtype, owner=buf, stream=self.stream)
+            cuda.memcpy_dtod_async(kept.ptr, value.ptr, value.nbytes, self.stream)
+        return kept
 
     def upload(self, array: np.ndarray) -> DeviceTensor:
-        """A device copy of ``array`` (float32), freed when the returned view is dropped, or
-        at ``deactivate`` (so a per-frame upload does not hold device memory past its frame)."""
+        """A device copy of ``array`` (float32) in a buffer of the runner's pool, back in the pool
+        when the returned view is dropped (a frame's uploads are reused by the next frame's,
+        no device memory piles up), freed at ``deactivate``."""
         if not self.is_active:
             raise RuntimeError(f"tensorrt runner for {self.spec.name!r} must be active to upload")
         host = np.ascontiguousarray(array, dtype=np.float32)
-        buf = DeviceBuffer(host.nbytes)
-        self._uploads.add(buf)
+        tensor = self._uploads.view(host.shape, host.dtype, self.stream)
         if host.nbytes:
-            cuda.memcpy_htod_async(buf.ptr, host, self.stream)
-        return DeviceTensor(buf.ptr, host.shape, host.dtype, owner=buf, stream=self.stream)
+            cuda.memcpy_htod_async(tensor.ptr, host, self.stream)
+        return tensor
