@@ -103,7 +103,7 @@ def markdown(rec: Dict) -> str:
     pr = [(v["label"], name, r) for v in rec["variants"] for name, r in v.get("products", {}).items()]
     if pr:
         lines += ["", "## Host work per call, stock SAM2 products (ImagePredictor: set_image + one click; "
-                  "VideoTracker: track_frame, one object)", "",
+                  "VideoTracker: track_frame, one object, its memory bank full)", "",
                   "| variant | product | host ms (median / p90) | wall ms (median) |", "|---|---|---|---:|"]
         for label, name, r in pr:
             lines.append(f"| {label} | {name} | {_ms(r['host']['median'])} / {_ms(r['host']['p90'])} | "
