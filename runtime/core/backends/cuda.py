@@ -27,6 +27,7 @@ naming what is missing.
 from __future__ import annotations
 
 import ctypes
+import threading
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -189,12 +190,14 @@ class BufferPool:
     the stream: the next copy into a buffer runs after the work that read it.
     More than ``max_idle_bytes`` of idle buffers are freed on the spot (shapes
     that stopped coming). :meth:`free` frees everything, views included.
+    A view may be dropped on any thread, so the pool takes a (reentrant) lock.
     """
 
     def __init__(self, max_idle_bytes: int = 512 << 20):
         self.max_idle_bytes = int(max_idle_bytes)
         self._idle: Dict[int, List[DeviceBuffer]] = {}
         self._owned: List[DeviceBuffer] = []
+        self._lock = threading.RLock()
 
     @property
     def idle_bytes(self) -> int:
@@ -202,31 +205,34 @@ class BufferPool:
 
     def view(self, shape: Sequence[int], dtype: Any, stream: Optional[Stream]) -> DeviceTensor:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        idle = self._idle.get(nbytes)
-        if idle:
-            buf = idle.pop()
-            buf.version += 1
-        else:
-            buf = DeviceBuffer(nbytes)
-            self._owned.append(buf)
+        with self._lock:
+            idle = self._idle.get(nbytes)
+            if idle:
+                buf = idle.pop()
+                buf.version += 1
+            else:
+                buf = DeviceBuffer(nbytes)
+                self._owned.append(buf)
         tensor = DeviceTensor(buf.ptr, shape, dtype, owner=buf, stream=stream)
         weakref.finalize(tensor, self._release, buf).atexit = False
         return tensor
 
     def _release(self, buf: DeviceBuffer) -> None:
-        if buf.is_freed:
-            return
-        if self.idle_bytes + buf.nbytes > self.max_idle_bytes:
-            self._owned.remove(buf)
-            buf.free()
-        else:
-            self._idle.setdefault(buf.nbytes, []).append(buf)
+        with self._lock:
+            if buf.is_freed:
+                return
+            if self.idle_bytes + buf.nbytes > self.max_idle_bytes:
+                self._owned.remove(buf)
+                buf.free()
+            else:
+                self._idle.setdefault(buf.nbytes, []).append(buf)
 
     def free(self) -> None:
-        for buf in self._owned:
-            buf.free()
-        self._owned.clear()
-        self._idle.clear()
+        with self._lock:
+            for buf in self._owned:
+                buf.free()
+            self._owned.clear()
+            self._idle.clear()
 
 
 class PinnedBuffer:
