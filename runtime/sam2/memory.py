@@ -172,10 +172,11 @@ def pack_objects(memories: Sequence[Mapping[str, Sequence]]) -> Dict[str, np.nda
         size = max(counts)
         for key in names:
             entry = np.shape(memories[0][key][0])
-            batch = np.zeros((len(memories), size) + entry, np.float32)
+            batch = np.empty((len(memories), size) + entry, np.float32)  # each slot written once
             for i, m in enumerate(memories):
                 for j, a in enumerate(m[key]):
                     batch[i, j] = a
+                batch[i, len(m[key]):] = 0
             out[key] = batch
         out[valid] = (np.arange(size)[None, :] < np.asarray(counts)[:, None]).astype(np.float32)
     return out
