@@ -27,6 +27,8 @@ class FakeCudart:
         self.device_mem, self.pinned_mem = {}, {}
         self.mallocs = 0
         self.copies = []
+        self.waits = []
+        self.streams = 0
 
     def _alloc(self, table, n):
         block = np.zeros(n, np.uint8)
@@ -69,12 +71,17 @@ class FakeCudart:
         return (0,)
 
     def cudaStreamCreate(self):
-        return (0, 7)
+        self.streams += 1
+        return (0, 6 + self.streams)  # a handle of its own per stream
 
     def cudaStreamSynchronize(self, stream):
         return (0,)
 
     def cudaStreamDestroy(self, stream):
+        return (0,)
+
+    def cudaStreamWaitEvent(self, stream, event, flags):
+        self.waits.append((stream, event))  # every call here is synchronous: nothing to wait for
         return (0,)
 
     def cudaEventCreate(self):

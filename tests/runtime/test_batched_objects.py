@@ -74,19 +74,38 @@ def test_memory_pos_table_is_sams_sum_of_spatial_and_temporal_encodings(tiny_eng
 
 
 def test_tracked_positions_are_uploaded_once_per_pattern(tiny_engines):
-    """A tracked object's memory positions repeat frame after frame: uploaded once, not per frame."""
+    """A tracked object's memory positions repeat frame after frame: uploaded once, not per frame;
+    each call still gets its objects' own encodings, padded with zeros."""
+    from runtime.sam2.stages import POSITIONS_KEPT
+
     rng = np.random.default_rng(0)
     with FewShotSegmenter.load(tiny_engines, backend="onnxruntime") as seg:
         st, side = seg.stages, seg.size // 16
+        base, tpos = st.consts["maskmem_pos_enc"][0], st.consts["maskmem_tpos_enc"]
+
+        def expected(objects):  # sam2's sum, written out, per object and slot
+            n = max(len(m["mem_tpos"]) for m in objects)
+            out = np.zeros((len(objects), n, 64, side, side), np.float32)
+            for i, m in enumerate(objects):
+                for j, t in enumerate(m["mem_tpos"]):
+                    out[i, j] = base + tpos[t][:, None, None]
+            return out
+
         a, b = _memory(rng, 3, 2, side), _memory(rng, 3, 2, side)
         b["mem_tpos"] = a["mem_tpos"]
         first, again = st.upload_memory([a]), st.upload_memory([b])
         assert again["mem_pos"] is first["mem_pos"]  # same pattern: the same uploaded value
         assert again["mem_feats"] is not first["mem_feats"]
-        np.testing.assert_array_equal(again["mem_pos"], pack_positions([a], st.pos_table))
-        c = dict(a, mem_tpos=list(reversed(a["mem_tpos"])))
-        np.testing.assert_array_equal(st.upload_memory([c])["mem_pos"], pack_positions([c], st.pos_table))
-
+        np.testing.assert_array_equal(again["mem_pos"], expected([a]))
+        two, one = dict(a, mem_tpos=[6, 5]), dict(a, mem_tpos=[6])
+        for objects in ([two, one], [one, two]):  # the same indices, split otherwise
+            np.testing.assert_array_equal(st.upload_memory(objects)["mem_pos"], expected(objects))
+        patterns = [dict(a, mem_tpos=[i]) for i in range(POSITIONS_KEPT + 1)]
+        held = st.upload_memory([patterns[0]])["mem_pos"]
+        for m in patterns[1:]:
+            st.upload_memory([m])
+        assert st.upload_memory([patterns[0]])["mem_pos"] is not held  # the oldest was let go
+        assert len(st._positions) == POSITIONS_KEPT
 
 def test_memory_attention_graph_masks_the_padding(tiny_engines):
     """The ONNX graph: object i of a padded batch == object i alone (the padding has weight 0)."""

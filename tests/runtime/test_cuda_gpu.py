@@ -105,20 +105,25 @@ def test_device_record_names_this_gpu():
 
 
 def test_pooled_buffers_are_reused_in_stream_order(stream):
-    """A frame's upload reuses the previous frame's buffer: each copy lands after the last read."""
+    """A frame's upload reuses the previous frame's buffer while the copy that reads the old
+    contents may still be pending: the stream orders the new write after it (one sync at the end)."""
     pool = cuda.BufferPool()
     rng = np.random.default_rng(0)
+    shape = (1, 7, 64, 64, 64)
+    old, new = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    out = DeviceBuffer(old.nbytes)
     try:
-        ptrs, backs = set(), []
-        for i in range(5):
-            host = rng.standard_normal((1, 7, 64, 64, 64)).astype(np.float32)
-            view = pool.view(host.shape, host.dtype, stream)
-            memcpy_htod_async(view.ptr, host, stream)
-            backs.append((to_host(view, stream), host))
-            ptrs.add(view.ptr)
-            del view
-        assert len(ptrs) == 1  # one buffer for all five frames
-        for back, host in backs:
-            np.testing.assert_array_equal(back, host)
+        first = pool.view(shape, np.float32, stream)
+        memcpy_htod_async(first.ptr, old, stream)
+        memcpy_dtod_async(out.ptr, first.ptr, old.nbytes, stream)  # reads `first`, asynchronously
+        ptr = first.ptr
+        del first
+        second = pool.view(shape, np.float32, stream)
+        assert second.ptr == ptr  # the same buffer, reused
+        memcpy_htod_async(second.ptr, new, stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(to_host(DeviceTensor(out.ptr, shape, np.float32, owner=out), stream), old)
+        np.testing.assert_array_equal(to_host(second, stream), new)
     finally:
+        out.free()
         pool.free()

@@ -180,7 +180,9 @@ def test_deactivate_frees_everything(fakes):
 
 def test_a_frames_uploads_are_reused_by_the_next_frame(fakes):
     """A tracker uploads its memory bank every frame: device memory must not grow with frames,
-    and no frame may allocate or free (cudaFree waits for the whole device)."""
+    and no frame may allocate or free (cudaFree waits for the whole device). The fake's calls are
+    synchronous, so this checks the bookkeeping; the ordering on a real stream is
+    tests/runtime/test_cuda_gpu.py's."""
     rt, _ = fakes
     r = runner().activate()
     f = feeds(2)
@@ -201,6 +203,23 @@ def test_a_frames_uploads_are_reused_by_the_next_frame(fakes):
         kept.check_valid()
 
 
+def test_a_run_reading_another_streams_memory_is_waited_for_there(fakes):
+    """Runners on streams of their own: the producer's stream waits for the consumer's run, so
+    the producer's next write (its next run, a reuse of its pooled upload) cannot overtake it."""
+    rt, _ = fakes
+    a, b = runner().activate(), runner().activate()
+    assert a.stream.handle != b.stream.handle
+    f = feeds(2)
+    x = a.upload(f["x"])  # pooled on a's stream
+    np.testing.assert_allclose(b.to_host(b.infer({"x": x, "y": f["y"]})["z"]), f["x"] + f["y"], rtol=1e-6)
+    assert rt.waits == [(a.stream.handle, b._ran.handle)]
+    b.infer(feeds(2))  # its own stream only: nothing to wait for
+    assert len(rt.waits) == 1
+    b.deactivate()
+    a.deactivate()
+    assert not rt.device_mem
+
+
 def test_idle_pooled_buffers_beyond_the_cap_are_freed(fakes):
     rt, _ = fakes
     pool = cuda.BufferPool(max_idle_bytes=100)
@@ -208,10 +227,12 @@ def test_idle_pooled_buffers_beyond_the_cap_are_freed(fakes):
     assert len(rt.device_mem) == 2
     del a  # 40 idle bytes: kept for the next (10,) float32 view
     assert len(rt.device_mem) == 2 and pool.idle_bytes == 40
-    del b  # 40 + 80 > 100: freed
-    assert len(rt.device_mem) == 1 and pool.idle_bytes == 40
+    del b  # 40 + 80 > 100: surplus, freed at the next view (not in the weakref callback)
+    assert len(rt.device_mem) == 2 and pool.idle_bytes == 40
     c = pool.view((10,), np.float32, None)
     assert len(rt.device_mem) == 1 and pool.idle_bytes == 0 and c.owner.version == 1
+    d = pool.view((30,), np.float32, None)
+    del d  # 120 > 100: surplus, freed by free() below
     pool.free()
     assert not rt.device_mem
     with pytest.raises(RuntimeError, match="freed"):

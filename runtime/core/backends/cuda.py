@@ -186,17 +186,20 @@ class BufferPool:
     when the view is dropped, the buffer goes back to the pool (no CUDA call:
     a weakref callback only files it), and the next request of that size
     takes it. So frame after frame allocates nothing and never calls
-    ``cudaFree``, which would wait for the whole device. Reuse is ordered by
-    the stream: the next copy into a buffer runs after the work that read it.
-    More than ``max_idle_bytes`` of idle buffers are freed on the spot (shapes
-    that stopped coming). :meth:`free` frees everything, views included.
-    A view may be dropped on any thread, so the pool takes a (reentrant) lock.
+    ``cudaFree``, which would wait for the whole device. The next copy into a
+    reused buffer is ordered after the work that read it by the stream: the
+    pool's own, or, for a runner on another stream, that runner's wait of
+    the pool's stream for its run (``TensorRTStageRunner``). Idle buffers
+    beyond ``max_idle_bytes`` (shapes that stopped coming) are freed at the
+    next :meth:`view`. :meth:`free` frees everything, views included. A view
+    may be dropped on any thread, so the pool takes a (reentrant) lock.
     """
 
     def __init__(self, max_idle_bytes: int = 512 << 20):
         self.max_idle_bytes = int(max_idle_bytes)
         self._idle: Dict[int, List[DeviceBuffer]] = {}
         self._owned: List[DeviceBuffer] = []
+        self._surplus: List[DeviceBuffer] = []  # idle beyond the cap, freed outside the callback
         self._lock = threading.RLock()
 
     @property
@@ -206,6 +209,9 @@ class BufferPool:
     def view(self, shape: Sequence[int], dtype: Any, stream: Optional[Stream]) -> DeviceTensor:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         with self._lock:
+            surplus, self._surplus = self._surplus, []
+            for buf in surplus:
+                buf.free()
             idle = self._idle.get(nbytes)
             if idle:
                 buf = idle.pop()
@@ -223,16 +229,16 @@ class BufferPool:
                 return
             if self.idle_bytes + buf.nbytes > self.max_idle_bytes:
                 self._owned.remove(buf)
-                buf.free()
+                self._surplus.append(buf)
             else:
                 self._idle.setdefault(buf.nbytes, []).append(buf)
 
     def free(self) -> None:
         with self._lock:
-            for buf in self._owned:
-                buf.free()
-            self._owned.clear()
-            self._idle.clear()
+            owned, self._owned = self._owned + self._surplus, []
+            self._surplus, self._idle = [], {}
+        for buf in owned:
+            buf.free()
 
 
 class PinnedBuffer:
@@ -270,6 +276,10 @@ class Stream:
 
     def synchronize(self) -> None:
         cuda_call(cudart().cudaStreamSynchronize(self.handle))
+
+    def wait(self, event: "Event") -> None:
+        """Later work on this stream waits (on the device) for ``event``'s last record."""
+        cuda_call(cudart().cudaStreamWaitEvent(self.handle, event.handle, 0))
 
     def free(self) -> None:
         if self.handle is not None:

@@ -205,6 +205,7 @@ class TensorRTStageRunner(StageRunner):
         self._buffers: Dict[str, DeviceBuffer] = {}
         self._staging: Dict[str, PinnedStaging] = {}
         self._uploads = BufferPool()
+        self._ran: Optional[cuda.Event] = None  # recorded after a run that read another stream's memory
 
     # lifecycle -----------------------------------------------------------------
     def _activate(self) -> None:
@@ -306,6 +307,8 @@ class TensorRTStageRunner(StageRunner):
         for buf in self._buffers.values():
             buf.free()
         self._uploads.free()
+        if self._ran is not None:
+            self._ran.free()
         for staging in self._staging.values():
             staging.free()
         self._context = self._engine = self._runtime = None
@@ -345,6 +348,8 @@ class TensorRTStageRunner(StageRunner):
         shapes = {n: _shape_of(feeds[n]) for n in self.spec.input_names}
         self._set_profile(choose_profile(self._profiles, shapes))
         ctx = self._context
+        foreign = {id(v.stream): v.stream for v in feeds.values()
+                   if isinstance(v, DeviceTensor) and v.stream is not None and v.stream is not self.stream}
         for name in self.spec.input_names:
             shape, ptr = self._bind_input(name, feeds[name])
             if not ctx.set_input_shape(name, shape):
@@ -368,6 +373,14 @@ class TensorRTStageRunner(StageRunner):
                                          stream=self.stream)
         if not ctx.execute_async_v3(self.stream.ptr):
             raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.spec.name!r} (see its log)")
+        if foreign:
+            # This run reads memory that another stream's work writes next (that runner's next run,
+            # a reuse of its pooled upload): that stream waits for this run on the device.
+            if self._ran is None:
+                self._ran = cuda.Event()
+            self._ran.record(self.stream)
+            for stream in foreign.values():
+                stream.wait(self._ran)
         return {n: results[n] for n in self.spec.output_names}
 
     # host / device values -------------------------------------------------------------
