@@ -2,7 +2,8 @@
 
 Tracks two objects through N generated frames (made one at a time, never
 held in a list) and prints the process's resident memory and the number of
-frame outputs the tracker holds, every ``--every`` frames.
+frame outputs the tracker holds, every ``--every`` frames; on TensorRT also
+the GPU memory in use (``cudaMemGetInfo``: every process on the GPU).
 
     python -m bench.tracker_memory --model-dir DIR [--frames 1000] [--every 100]
 
@@ -22,6 +23,7 @@ import numpy as np
 import psutil
 
 from runtime.cli.common import run_main
+from runtime.core.backends import cuda
 from runtime.errors import UsageError
 from runtime.sam2.tracker import VideoTracker
 
@@ -66,8 +68,10 @@ def _run(args) -> int:
     first = next(frames)
     tracker.add_prompt(0, 1, first, points=[[size // 4, size // 3]], labels=[1])
     tracker.add_prompt(0, 2, first, box=[5 * size // 8, 3 * size // 8, 7 * size // 8, 5 * size // 8])
-    print(f"{'frame':>6} {'RSS MiB':>9} {'held outputs':>13} {'frames/s':>9}")
+    on_gpu = tracker.backend == "tensorrt"
+    print(f"{'frame':>6} {'RSS MiB':>9} {'held outputs':>13} {'frames/s':>9}" + (f" {'GPU MiB':>9}" if on_gpu else ""))
     rss: List[float] = []
+    gpu: List[float] = []
     t0 = time.perf_counter()
 
     def video() -> Iterator[np.ndarray]:
@@ -80,9 +84,16 @@ def _run(args) -> int:
             if n % args.every == 0 or n == args.frames:
                 rss.append(proc.memory_info().rss / 2 ** 20)
                 fps = n / (time.perf_counter() - t0)
-                print(f"{n:>6} {rss[-1]:>9.1f} {tracker.stored_frames():>13} {fps:>9.2f}", flush=True)
+                line = f"{n:>6} {rss[-1]:>9.1f} {tracker.stored_frames():>13} {fps:>9.2f}"
+                if on_gpu:
+                    gpu.append(cuda.device_memory_in_use() / 2 ** 20)
+                    line += f" {gpu[-1]:>9.1f}"
+                print(line, flush=True)
     if len(rss) >= 2:
         print(f"RSS change from frame {args.every} to frame {args.frames}: {rss[-1] - rss[0]:+.1f} MiB")
+    if len(gpu) >= 2:
+        print(f"GPU memory in use (all processes) change from frame {args.every} to frame {args.frames}: "
+              f"{gpu[-1] - gpu[0]:+.1f} MiB")
     return 0
 
 

@@ -50,6 +50,10 @@ class FakeCudart:
     def cudaGetErrorString(self, err):
         return (0, b"fake error")
 
+    def cudaMemGetInfo(self):
+        used = sum(b.nbytes for b in self.device_mem.values())
+        return (0, (1 << 30) - used, 1 << 30)
+
     def cudaMalloc(self, n):
         self.mallocs += 1
         return (0, self._alloc(self.device_mem, n))

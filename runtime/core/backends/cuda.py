@@ -152,6 +152,12 @@ def gpu_record(device: Optional[int] = None) -> Dict[str, str]:
     return {"name": device_name(device), "compute_capability": f"{props.major}.{props.minor}"}
 
 
+def device_memory_in_use() -> int:
+    """Bytes of the current GPU's memory in use, by every process (``cudaMemGetInfo``)."""
+    free, total = cuda_call(cudart().cudaMemGetInfo())
+    return int(total) - int(free)
+
+
 # memory -----------------------------------------------------------------------
 class DeviceBuffer:
     """``nbytes`` of device memory; free it with :meth:`free` (idempotent).
