@@ -14,7 +14,9 @@ FP32 ones):
   with masks, targets);
 - stock folders: ``ImagePredictor`` with a click, a box and both per object,
   and ``VideoTracker`` on a synthetic clip prompted with a box
-  (:mod:`calib.workloads`, the same data the precision gates use).
+  (:mod:`calib.workloads`, the same data the precision gates use); then the
+  tracker over a 48-frame clip on TensorRT, whose GPU memory in use must not
+  grow from frame 24 on (:func:`tracker_memory_growth`).
 
 Per stage it prints the worst relative L2 and cosine of the engine's outputs
 against the FP32 ONNX file on the feeds the FP32 pipeline really gave that
@@ -53,6 +55,8 @@ from runtime.errors import Sam2EdgeError
 NO_DEVICE = 4
 SIZE = 256
 PRECISIONS = ("fp32", "fp16", "int8")
+MEMORY_FRAMES = 48  # the tracker's memory check: past its 16-frame window from frame 24 on
+MEMORY_GROWTH_MIB = 2.0  # cudaMemGetInfo counts in 2 MiB pages
 
 
 # ---------------------------------------------------------------------- inputs
@@ -126,12 +130,41 @@ def check_folder(path: Path, precision: str, log: Callable[[str], None], backend
             result["failures"] += [f"{stage}: {b}" for b in bad]
             log(f"  {stage:<17} rel L2 {m['rel_l2']:.2e}  cosine {m['cosine']:.6f}  {ms:7.2f} ms  "
                 f"({len(feeds)} feeds, {trt.stage_files[stage]}){'  FAIL' if bad else ''}")
+        if kind == "sam2" and trt.backend == "tensorrt":
+            grown = tracker_memory_growth(trt)
+            result["tracker_memory"] = grown
+            leak = grown["growth_mib"] > MEMORY_GROWTH_MIB
+            if leak:
+                result["failures"].append(f"VideoTracker: GPU memory grew {grown['growth_mib']:.1f} MiB from frame "
+                                          f"{grown['from_frame']} to {grown['frames']} (at most {MEMORY_GROWTH_MIB})")
+            log(f"  {'tracker memory':<17} GPU memory {grown['growth_mib']:+.1f} MiB from frame {grown['from_frame']} "
+                f"to {grown['frames']}{'  FAIL' if leak else ''}")
     finally:
         trt.close()
         fp32.close()
     result["gates"] = {"stage": stage_gate.as_dict(), "end_to_end": mask_gate.as_dict(),
                        "edge_stage": compare.EDGE_PARITY.as_dict(), "edge_masks": compare.EDGE_MASK_PARITY.as_dict()}
     return result
+
+
+def tracker_memory_growth(session, frames: int = MEMORY_FRAMES) -> Dict[str, float]:
+    """GPU memory a ``VideoTracker`` on ``session`` gains over a clip of ``frames`` frames, MiB, between
+    its middle and its end (past sam2's tracking window, so its memory bank no longer grows: what it
+    gains there is a leak: a frame's uploads held beyond the frame). Every process on the GPU counts
+    (``cudaMemGetInfo``), so run it on a quiet device."""
+    from calib.workloads import box_of, generate_clips
+    from runtime.core.backends import cuda
+    from runtime.sam2.tracker import VideoTracker
+
+    clip = generate_clips(1, session.manifest.model_config["image_size"], frames, seed=1)[0]
+    tracker = VideoTracker(session, return_logits=False)
+    tracker.add_prompt(0, 1, clip.frames[0], box=box_of(clip.first_mask))
+    used = {}
+    for out in tracker.propagate(clip.frames):
+        if out.frame_idx + 1 in (frames // 2, frames):
+            used[out.frame_idx + 1] = cuda.device_memory_in_use() / 2 ** 20
+    tracker.close()
+    return {"frames": frames, "from_frame": frames // 2, "growth_mib": used[frames] - used[frames // 2]}
 
 
 def edge_failures(spec, m: Mapping[str, Any]) -> List[str]:

@@ -63,6 +63,32 @@ def test_stock_workload_runs_and_sees_objects(stock_sam2_factory):
     assert r["failures"] == [] and p["masks"] == 6 * 3 + 8 and p["worst_iou"] == 1.0 and p["fp32_foreground"] > 0
 
 
+def test_tracker_memory_growth_reads_the_device_between_the_middle_and_the_end(stock_sam2_factory, monkeypatch):
+    """The glue on ONNX Runtime, with the CUDA query on the fake: the tracker runs the whole clip, and
+    the growth is what cudaMemGetInfo says between the two frames (a buffer held from frame 12 on)."""
+    from runtime.core.backends import cuda
+    from runtime.core.session import EngineSession
+    from runtime.sam2.tracker import VideoTracker
+    from tests.cuda_fake import FakeCudart
+
+    _, _, folder = stock_sam2_factory("2.1")
+    rt = FakeCudart()
+    monkeypatch.setattr(cuda, "_CUDART", rt)
+    leaked = []
+    track = VideoTracker.track_frame
+
+    def leaky(self, frame_idx, image, num_frames=None):  # a frame's upload held past the frame
+        if frame_idx >= 12:
+            leaked.append(cuda.DeviceBuffer(1 << 20))
+        return track(self, frame_idx, image, num_frames)
+
+    with EngineSession.open(folder, backend="onnxruntime", product="VideoTracker") as session:
+        assert device_check.tracker_memory_growth(session, frames=24)["growth_mib"] == 0
+        monkeypatch.setattr(VideoTracker, "track_frame", leaky)
+        grown = device_check.tracker_memory_growth(session, frames=24)
+    assert grown == {"frames": 24, "from_frame": 12, "growth_mib": 12.0}  # frames 13..24, 1 MiB each
+
+
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not _OK, reason=f"needs TensorRT and a CUDA GPU: {_WHY}")
 def test_real_engines_pass_the_device_check(tmp_path):
