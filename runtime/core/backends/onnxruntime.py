@@ -186,5 +186,8 @@ class OnnxRuntimeStageRunner(StageRunner):
     def upload(self, array: np.ndarray) -> Any:
         if self.device is None:
             return super().upload(array)
-        host = np.array(array, dtype=np.float32, order="C")  # its own copy: the OrtValue may share it
+        if self.device == "cpu":  # a CPU OrtValue shares the array's memory: give it its own copy
+            host = np.array(array, dtype=np.float32, order="C")
+        else:  # a device OrtValue holds a device copy: no host copy first
+            host = np.ascontiguousarray(array, dtype=np.float32)
         return self._ort_value.ortvalue_from_numpy(host, self.device, 0)
