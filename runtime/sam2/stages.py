@@ -35,7 +35,9 @@ from runtime.sam2.spec import POSTPROCESS, PREPROCESS, STAGES, VIDEO_PREPROCESS
 NO_OBJ_SCORE = -1024.0  # sam2's logit for "object absent"
 BINARIZED_LOGIT = 1e4  # sigmoid() of +-1e4 is exactly 1 / 0 in float32
 MASK_OUT_SCALE, MASK_OUT_BIAS = 20.0, -10.0  # sam2's _use_mask_as_output
-POSITIONS_KEPT = 4  # packed memory position encodings kept uploaded, most recently used first
+# Packed memory position encodings kept uploaded: at most this many, and beyond the newest at most
+# this many bytes in all (8 tracked objects at 1024 px take 56 MB; an edge device has little to spare).
+POSITIONS_KEPT, POSITIONS_MAX_BYTES = 4, 64 << 20
 
 
 def objects_per_call_for(stages: "Sam2Stages", asked: Optional[int]) -> int:
@@ -92,7 +94,8 @@ class Sam2Stages:
         self.no_points = self.no_points_for(1)
         self.no_mask = np.zeros((1, 1, e4, e4), np.float32)
         self.pos_table = memory_pos_table(self.consts)  # [num_maskmem,64,S/16,S/16]
-        self._positions: "OrderedDict[tuple, Any]" = OrderedDict()  # positions_key -> uploaded mem_pos
+        # positions_key -> (uploaded mem_pos, its bytes), least recently used first
+        self._positions: "OrderedDict[tuple, Tuple[Any, int]]" = OrderedDict()
 
     @property
     def runners(self) -> Dict[str, StageRunner]:
@@ -226,16 +229,17 @@ class Sam2Stages:
     def _uploaded_positions(self, memories: Sequence[Mapping[str, Any]]) -> Any:
         """``mem_pos`` of ``memories``, backend-native, uploaded once per :func:`positions_key`:
         a tracked object's is the same every frame once its memory bank is full, so on a GPU
-        only the memory features travel per frame (the last :data:`POSITIONS_KEPT` are kept)."""
+        only the memory features travel per frame (the most recent ones are kept, within
+        :data:`POSITIONS_KEPT` and :data:`POSITIONS_MAX_BYTES`)."""
         key = positions_key(memories)
-        pos = self._positions.get(key)
-        if pos is None:
-            pos = self.runners["memory_attention"].upload(pack_positions(memories, self.pos_table))
-            self._positions[key] = pos
-            while len(self._positions) > POSITIONS_KEPT:
-                self._positions.popitem(last=False)
+        if key not in self._positions:
+            host = pack_positions(memories, self.pos_table)
+            self._positions[key] = (self.runners["memory_attention"].upload(host), host.nbytes)
         self._positions.move_to_end(key)
-        return pos
+        while len(self._positions) > 1 and (len(self._positions) > POSITIONS_KEPT or sum(
+                n for _, n in self._positions.values()) > POSITIONS_MAX_BYTES):
+            self._positions.popitem(last=False)
+        return self._positions[key][0]
 
     def encode_memory(self, enc: Mapping[str, Any], high_res_logits: np.ndarray,
                       score: float) -> np.ndarray:

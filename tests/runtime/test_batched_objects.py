@@ -107,6 +107,23 @@ def test_tracked_positions_are_uploaded_once_per_pattern(tiny_engines):
         assert st.upload_memory([patterns[0]])["mem_pos"] is not held  # the oldest was let go
         assert len(st._positions) == POSITIONS_KEPT
 
+
+def test_cached_positions_stay_within_their_byte_budget(tiny_engines, monkeypatch):
+    from runtime.sam2 import stages
+
+    rng = np.random.default_rng(0)
+    with FewShotSegmenter.load(tiny_engines, backend="onnxruntime") as seg:
+        st, side = seg.stages, seg.size // 16
+        m = _memory(rng, 2, 2, side)
+        one = 2 * 64 * side * side * 4  # one object, two memories
+        monkeypatch.setattr(stages, "POSITIONS_MAX_BYTES", 2 * one)
+        for tpos in ([0, 1], [1, 2], [2, 3]):
+            newest = st.upload_memory([dict(m, mem_tpos=tpos)])["mem_pos"]
+        assert [k for k in st._positions] == [((1, 2),), ((2, 3),)]  # two fit the budget
+        monkeypatch.setattr(stages, "POSITIONS_MAX_BYTES", 1)
+        assert st.upload_memory([dict(m, mem_tpos=[2, 3])])["mem_pos"] is newest
+        assert list(st._positions) == [((2, 3),)]  # over budget: the newest alone stays
+
 def test_memory_attention_graph_masks_the_padding(tiny_engines):
     """The ONNX graph: object i of a padded batch == object i alone (the padding has weight 0)."""
     from export.onnx_export import ort_session
