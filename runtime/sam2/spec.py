@@ -214,11 +214,10 @@ def edge_specs(image_size: int, max_side: int = DEFAULT_MAX_FRAME_SIDE,
                objects: AxisRange = DEFAULT_AXIS_RANGES["objects"], tracking: bool = True) -> Dict[str, StageSpec]:
     """The edge stages of a SAM2 folder, by name (:data:`EDGE_STAGES` order); the video preprocess
     graph only where the folder tracks (``tracking``: stock SAM2, the folders ``VideoTracker`` opens)."""
-    specs = {PREPROCESS: preprocess_spec(image_size, max_side),
-             VIDEO_PREPROCESS: video_preprocess_spec(image_size, max_side),
-             POSTPROCESS: postprocess_spec(image_size, max_side, objects)}
-    if not tracking:
-        del specs[VIDEO_PREPROCESS]
+    specs = {PREPROCESS: preprocess_spec(image_size, max_side)}
+    if tracking:
+        specs[VIDEO_PREPROCESS] = video_preprocess_spec(image_size, max_side)
+    specs[POSTPROCESS] = postprocess_spec(image_size, max_side, objects)
     return specs
 
 

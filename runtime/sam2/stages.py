@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -93,9 +94,14 @@ class Sam2Stages:
         # Decoder prompt for "no prompt" (one padding point) and "no mask input".
         self.no_points = self.no_points_for(1)
         self.no_mask = np.zeros((1, 1, e4, e4), np.float32)
-        self.pos_table = memory_pos_table(self.consts)  # [num_maskmem,64,S/16,S/16]
         # positions_key -> (uploaded mem_pos, its bytes), least recently used first
         self._positions: "OrderedDict[tuple, Tuple[Any, int]]" = OrderedDict()
+
+    @cached_property
+    def pos_table(self) -> np.ndarray:
+        """``[num_maskmem,64,S/16,S/16]`` (:func:`~runtime.sam2.memory.memory_pos_table`), made on
+        first use: the image predictor never attends to memory."""
+        return memory_pos_table(self.consts)
 
     @property
     def runners(self) -> Dict[str, StageRunner]:

@@ -317,6 +317,10 @@ class TensorRTStageRunner(StageRunner):
         self._reset()
 
     # inference ---------------------------------------------------------------------
+    def _owns(self, value: DeviceTensor) -> bool:
+        """Whether ``value`` views one of this runner's own buffers (its next run overwrites them)."""
+        return value.owner is not None and value.owner in self._buffers.values()
+
     def _bind_input(self, name: str, value: Any) -> Tuple[Shape, int]:
         """Return (shape, device pointer) for one feed, copying host data in."""
         dtype, buf = self._dtypes[name], self._buffers[name]
@@ -329,8 +333,7 @@ class TensorRTStageRunner(StageRunner):
                 )
             if value.stream is not None and value.stream is not self.stream:
                 value.stream.synchronize()
-            if value.owner is not None and value.owner in self._buffers.values():
-                # our own previous output: copy it, since this run overwrites it
+            if self._owns(value):  # our own previous output: copy it, since this run overwrites it
                 cuda.memcpy_dtod_async(buf.ptr, value.ptr, value.nbytes, self.stream)
                 return value.shape, buf.ptr
             return value.shape, value.ptr
@@ -395,8 +398,7 @@ class TensorRTStageRunner(StageRunner):
     def keep(self, value: Any) -> Any:
         """A device-to-device copy of one of this runner's outputs (their buffers are overwritten
         by the next ``infer``), held as :meth:`upload` 's; other values pass through."""
-        if not (isinstance(value, DeviceTensor) and value.owner is not None
-                and value.owner in self._buffers.values()):
+        if not (isinstance(value, DeviceTensor) and self._owns(value)):
             return value
         value.check_valid()
         kept = self._uploads.view(value.shape, value.dtype, self.stream)
